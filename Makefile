@@ -1,0 +1,32 @@
+# The README's two commands are `make demo` and `make test`; both set up .venv first when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.proxylab-installed
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev,distributed]"
+	# animal-mnist declares tensorflow, which its data never need: take the data package alone.
+	$(BIN)/python -m pip install -q --no-deps "animal-mnist>=0.4"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/proxylab search --bench resnet20-mnist5k --pop 30 --iters 200 --seed 0 --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: setup
+	for s in benchmarks/*.py; do $(BIN)/python $$s || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,145 @@
+"""The ``proxylab`` command line: one command table, lazy imports, uniform output and errors.
+
+Only the chosen command's module is imported (torch takes seconds to import; ``proxylab --help`` should not).
+Every command takes ``--format table|json``. A ``ProxylabError`` prints one line on stderr and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+# command words -> ("module:Class", one-line help). Keep sorted by group; the help text is shown without
+# importing the module.
+_COMMANDS: Dict[str, Tuple[str, str]] = {
+    "data list": ("proxylab.commands.data:DataList", "list the offline data sets and their splits"),
+    "nets list": ("proxylab.commands.nets:NetsList", "list the registered networks"),
+    "train": ("proxylab.commands.nets:Train", "train a reference network on an offline data set"),
+    "quantize": ("proxylab.commands.quant:Quantize", "accuracy, size and BitOps of one bit configuration"),
+    "bench list": ("proxylab.commands.bench:BenchList", "list the shipped MQ-Bench tables"),
+    "bench show": ("proxylab.commands.bench:BenchShow", "describe one table: network, splits, noise ceiling"),
+    "bench build": ("proxylab.commands.bench:BenchBuild", "build a table: quantize sampled configs, measure accuracy"),
+    "bench import": ("proxylab.commands.bench:BenchImport", "import an MQ-Bench-101 release pickle"),
+    "proxy list": ("proxylab.commands.proxy:ProxyList", "list the known proxies and the proxy primitives"),
+    "proxy eval": ("proxylab.commands.proxy:ProxyEval", "rank correlations of a proxy against a table"),
+    "search": ("proxylab.commands.search:Search", "evolve a proxy against one or more tables"),
+    "allocate": ("proxylab.commands.allocate:Allocate", "choose per-layer bits under a size / BitOps budget"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is 2 as well; keep its usage line
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _overview() -> str:
+    width = max(len(k) for k in _COMMANDS)
+    lines = ["usage: proxylab COMMAND [options]   (proxylab COMMAND --help for a command's options)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in _COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _find_command(argv: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """Longest run of leading words that names a command."""
+    words: List[str] = []
+    for tok in argv:
+        if tok.startswith("-"):
+            break
+        words.append(tok)
+    for n in range(len(words), 0, -1):
+        name = " ".join(words[:n])
+        if name in _COMMANDS:
+            return name, list(argv[n:])
+    return None, list(argv)
+
+
+def _load(name: str):
+    target, _ = _COMMANDS[name]
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return " ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def render_table(rows: List[Dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    cols: List[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out)
+
+
+def render(result: Any, fmt: str) -> str:
+    if result is None:
+        return ""
+    if fmt == "json":
+        return json.dumps(result, indent=2, default=str)
+    if isinstance(result, list):
+        return render_table(result)
+    if isinstance(result, dict):
+        parts = []
+        for k, v in result.items():
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                parts.append(f"\n{k}:\n{render_table(v)}")
+            else:
+                parts.append(f"{k}: {_fmt(v)}")
+        return "\n".join(parts)
+    return str(result)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from proxylab.errors import ProxylabError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_overview())
+        return 0
+    if argv[0] == "--version":
+        from proxylab import __version__
+
+        print(__version__)
+        return 0
+    name, rest = _find_command(argv)
+    if name is None:
+        print(_overview(), file=sys.stderr)
+        print(f"\nerror: unknown command '{' '.join(argv[:2])}'", file=sys.stderr)
+        return 2
+    command = _load(name)
+    parser = _Parser(prog=f"proxylab {name}", description=_COMMANDS[name][1])
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    command.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        result = command.run(args)
+    except ProxylabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is saved and a rerun resumes it", file=sys.stderr)
+        return 130
+    text = render(result, args.format)
+    if text:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""What every CLI command is: arguments plus a ``run`` that returns data (rendering is the CLI's job).
+
+``run`` returns a list of dict rows (printed as a table), a dict (printed as ``key: value`` lines, where a
+value that is a list of rows prints as a sub-table), or None. ``--format json`` prints the same data as JSON,
+so scripts never parse the table.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+class Command:
+    """Subclass, set ``help``, fill ``add_arguments`` and ``run``."""
+
+    help: str = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:  # pragma: no cover - default no args
+        pass
+
+    def run(self, args: argparse.Namespace) -> Any:
+        raise NotImplementedError
+
+
+def parse_bits_list(text: str) -> list:
+    """'2,3,4' or '2 3 4' -> [2, 3, 4]; ProxylabError naming the bad token otherwise."""
+    from proxylab.errors import ProxylabError
+
+    tokens = text.replace(",", " ").split()
+    if not tokens:
+        raise ProxylabError("empty bit list: give integers such as '2,3,4' or '4 4 3 ...'")
+    out = []
+    for t in tokens:
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise ProxylabError(f"bit list entry '{t}' is not an integer (got '{text}')") from None
+    return out

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Anything a user can get wrong (a name, a file, a bit list, a budget) raises ``ProxylabError`` with a message
+that names the problem and what to do. The CLI prints it on one line and exits with code 2; the Python API
+lets it propagate. Internal bugs stay ordinary exceptions so they are never disguised as user mistakes.
+"""
+
+
+class ProxylabError(ValueError):
+    """A problem with the user's input or environment, explained in the message."""
+
+
+class MissingDependencyError(ProxylabError):
+    """An optional package is needed; the message names the install command."""
+
+    def __init__(self, package: str, install: str, purpose: str):
+        super().__init__(f"{purpose} needs the package '{package}', which is not installed. Install it with: {install}")
+        self.package = package
+        self.install = install
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ProxylabError(message) unless condition holds (validation one-liner)."""
+    if not condition:
+        raise ProxylabError(message)
