@@ -1,0 +1,344 @@
+"""Build an MQ-Bench table: train (or load) a reference network, sample configurations, measure each one.
+
+The output folder is the build's whole state: ``weights.pt`` is written before any row, ``meta.json``
+(status "building") records the settings that define the table, and ``table.csv`` grows one durable row per
+configuration. Rerunning the same command resumes; rerunning with other settings is refused before anything
+is touched. When every row is in, the csv is rewritten sorted by cfg_id and meta.json gets its sha256 and
+summary (noise ceiling, accuracy range, Spearman of size vs accuracy).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from proxylab.bench import format as fmt
+from proxylab.bench.measure import MeasureSpec, measurer_for
+from proxylab.bench.progress import RowWriter, missing_ids, read_progress, stderr_log
+from proxylab.bench.table import DEFAULT_SPLITS, BenchTable, summarize
+from proxylab.bench.weights import WEIGHT_DTYPES, build_network, load_weights_into, round_weights_, save_weights
+from proxylab.errors import ProxylabError, require
+from proxylab.utils import atomic_write_json, atomic_write_text, sha256_file
+
+ENUMERATE_LIMIT = 2_000_000  # below this many configurations, sample codes without replacement directly
+
+
+@dataclass
+class BuildSettings:
+    """Everything that decides a table's content. Two builds with equal settings give the same table."""
+
+    net: Optional[str]
+    data: str
+    bits: Tuple[int, ...] = (2, 3, 4)
+    act_bits: int = 8
+    n: int = 1000
+    seed: int = 0
+    epochs: int = 15
+    checkpoint: Optional[str] = None
+    protocol: str = "rtn"
+    per_channel: bool = True
+    net_kwargs: Dict[str, Any] = field(default_factory=dict)
+    data_seed: int = 0
+    weights_dtype: str = "float32"
+    calib_size: int = 256
+    train_batch_size: int = 64
+    name: Optional[str] = None
+
+    def validate(self) -> None:
+        require(len(self.bits) >= 1 and len(set(self.bits)) == len(self.bits),
+                f"--bits must list distinct bit-widths such as 2,3,4; got {list(self.bits)}")
+        require(all(1 <= b <= 16 for b in self.bits), f"--bits must lie in 1..16; got {list(self.bits)}")
+        require(1 <= self.act_bits <= 16, f"--act-bits must lie in 1..16; got {self.act_bits}")
+        require(self.n >= 0, f"--n must be >= 0; got {self.n}")
+        require(self.epochs >= 1, f"--epochs must be >= 1; got {self.epochs}")
+        require(self.weights_dtype in WEIGHT_DTYPES,
+                f"--weights-dtype must be one of {', '.join(WEIGHT_DTYPES)}; got {self.weights_dtype}")
+        require(self.net is not None or self.checkpoint is not None, "give --net (to train) or --checkpoint DIR")
+        from proxylab.quant import PROTOCOLS
+
+        PROTOCOLS.get(self.protocol)  # unknown name -> error listing the known ones
+
+    def identity(self) -> Dict[str, Any]:
+        """The settings a resumed build must share with the first run (name and checkpoint path excluded:
+        the checkpoint is identified by its weights' sha256 instead)."""
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        d.pop("checkpoint")
+        d["bits"] = sorted(int(b) for b in self.bits)
+        if self.checkpoint is not None:
+            d.pop("epochs")
+            d.pop("train_batch_size")
+        return json.loads(json.dumps(d))
+
+    def command(self, out: Path) -> str:
+        parts = ["proxylab", "bench", "build"]
+        if self.checkpoint:
+            parts += ["--checkpoint", str(self.checkpoint)]
+        if self.net:
+            parts += ["--net", self.net]
+        parts += ["--data", self.data, "--bits", ",".join(map(str, self.bits)), "--act-bits", str(self.act_bits),
+                  "--n", str(self.n), "--seed", str(self.seed), "--protocol", self.protocol]
+        if not self.checkpoint:
+            parts += ["--epochs", str(self.epochs)]
+            if self.train_batch_size != 64:
+                parts += ["--train-batch-size", str(self.train_batch_size)]
+        for k, v in sorted(self.net_kwargs.items()):
+            parts += ["--net-arg", f"{k}={v}"]
+        if not self.per_channel:
+            parts.append("--per-tensor")
+        if self.data_seed != 0:
+            parts += ["--data-seed", str(self.data_seed)]
+        if self.weights_dtype != "float32":
+            parts += ["--weights-dtype", self.weights_dtype]
+        if self.calib_size != 256:
+            parts += ["--calib-size", str(self.calib_size)]
+        if self.name:
+            parts += ["--name", self.name]
+        parts += ["--out", str(out)]
+        return " ".join(shlex.quote(p) for p in parts)
+
+
+def plan_configs(n_layers: int, bit_choices: Sequence[int], n: int, seed: int) -> List[Tuple[int, ...]]:
+    """The uniform configurations (cfg_id 0..k-1) followed by ``n`` distinct configurations drawn uniformly
+    from the rest of the space with a seeded generator."""
+    choices = sorted(int(b) for b in bit_choices)
+    k = len(choices)
+    uniform = [tuple([b] * n_layers) for b in choices]
+    space = k ** n_layers
+    if n > space - len(uniform):
+        raise ProxylabError(f"--n {n} asks for more configurations than exist: {k} bit choices over {n_layers} "
+                            f"layers give {space} in all, {len(uniform)} of them uniform; lower --n")
+    rng = np.random.default_rng(seed)
+    taken = set(uniform)
+    sampled: List[Tuple[int, ...]] = []
+    if space <= ENUMERATE_LIMIT:
+        for code in rng.permutation(space):
+            digits = np.unravel_index(int(code), (k,) * n_layers)
+            cfg = tuple(choices[int(d)] for d in digits)
+            if cfg not in taken:
+                taken.add(cfg)
+                sampled.append(cfg)
+                if len(sampled) == n:
+                    break
+    else:
+        while len(sampled) < n:
+            for row in rng.integers(0, k, size=(max(16, 2 * (n - len(sampled))), n_layers)):
+                cfg = tuple(choices[int(d)] for d in row)
+                if cfg not in taken:
+                    taken.add(cfg)
+                    sampled.append(cfg)
+                    if len(sampled) == n:
+                        break
+    return uniform + sampled
+
+
+def _check_resume(out: Path, settings: BuildSettings) -> Optional[Dict[str, Any]]:
+    meta_path = out / fmt.META_FILE
+    if not meta_path.exists():
+        if (out / fmt.TABLE_FILE).exists():
+            raise ProxylabError(f"{out / fmt.TABLE_FILE} exists without {fmt.META_FILE}: the folder is not a "
+                                "proxylab build; choose an empty --out")
+        return None
+    meta = fmt.read_meta(out)
+    old = meta.get("build_settings")
+    new = settings.identity()
+    if old != new:
+        keys = sorted(set(old or {}) | set(new))
+        diffs = [f"{k}: {(old or {}).get(k)!r} -> {new.get(k)!r}" for k in keys if (old or {}).get(k) != new.get(k)]
+        raise ProxylabError(f"{out} holds a build with other settings ({'; '.join(diffs)}); nothing was changed. "
+                            f"Rerun its own command ({meta.get('command', '?')}) to resume it, or choose another --out")
+    return meta
+
+
+def _prepare_network(out: Path, settings: BuildSettings, meta: Optional[Dict[str, Any]], progress: bool, log):
+    """(network recipe, model, training record) with weights.pt in ``out`` matching what will be measured."""
+    from proxylab.data import get_dataset
+    from proxylab.utils import seed_everything
+
+    weights_path = out / fmt.WEIGHTS_FILE
+    if meta is not None:  # resuming: the measured weights are already on disk, never retrain
+        expected = (meta.get("sha256") or {}).get(fmt.WEIGHTS_FILE)
+        if expected is None or not weights_path.exists() or sha256_file(weights_path) != expected:
+            raise ProxylabError(f"{weights_path} is missing or differs from the sha256 in {fmt.META_FILE}; the rows "
+                                "already measured cannot be trusted: delete the folder and rebuild")
+        model = build_network(meta["network"])
+        load_weights_into(model, weights_path)
+        return meta["network"], model, meta.get("training", {})
+
+    ds = get_dataset(settings.data, seed=settings.data_seed)
+    if settings.checkpoint:
+        from proxylab.nets import load_checkpoint
+
+        model, config = load_checkpoint(settings.checkpoint)
+        if not config.get("net"):
+            raise ProxylabError(f"checkpoint {settings.checkpoint} holds a user network ({config.get('factory')}); "
+                                "bench build needs a registered network (see `proxylab nets list`) so that "
+                                "load_network can rebuild it")
+        if config.get("data") not in (None, settings.data):
+            raise ProxylabError(f"checkpoint {settings.checkpoint} was trained on '{config.get('data')}', "
+                                f"not on --data {settings.data}")
+        if settings.net and config.get("net") != settings.net:
+            raise ProxylabError(f"checkpoint {settings.checkpoint} holds '{config.get('net')}', not --net {settings.net}")
+        settings.net = config.get("net")
+        network = {"name": config["net"], "kwargs": dict(config.get("kwargs") or {}),
+                   "num_classes": int(config["num_classes"]), "in_channels": int(config["in_channels"]),
+                   "image_size": int(config["image_size"])}
+        training = {"checkpoint": str(settings.checkpoint), "checkpoint_sha256": sha256_file(_weights_file(settings.checkpoint)),
+                    "checkpoint_config": config}
+    else:
+        from proxylab.nets import train_net
+
+        network = {"name": settings.net, "kwargs": dict(settings.net_kwargs), "num_classes": int(ds.num_classes),
+                   "in_channels": int(ds.in_channels), "image_size": int(ds.image_size)}
+        seed_everything(settings.seed)
+        model = build_network(network)
+        log(f"training {settings.net} on {settings.data} for {settings.epochs} epochs (seed {settings.seed})")
+        result = train_net(model, ds, epochs=settings.epochs, seed=settings.seed,
+                           batch_size=settings.train_batch_size, progress=progress)
+        training = {"epochs": settings.epochs, "seed": settings.seed, "batch_size": settings.train_batch_size,
+                    "seconds": round(float(result["seconds"]), 1), "train_loss": float(result["train_loss"]),
+                    "test_acc_before_rounding": float(result["test_acc"])}
+    network["weights_dtype"] = settings.weights_dtype
+    model.eval()
+    round_weights_(model, settings.weights_dtype)  # measure exactly the weights that ship
+    save_weights(model, weights_path, settings.weights_dtype)
+    return network, model, training
+
+
+def _weights_file(checkpoint: str) -> Path:
+    p = Path(checkpoint)
+    return p / fmt.WEIGHTS_FILE if p.is_dir() else p
+
+
+def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: bool = True, batch_size: int = 500,
+                chunk: int = 4, log: Callable[[str], None] = stderr_log) -> BenchTable:
+    """Build (or resume, or just open when finished) the table in ``out``. ``scheduler`` is a Dask scheduler
+    address or a ``dask.distributed`` cluster / Client; None measures in this process."""
+    out = Path(out)
+    settings.bits = tuple(int(b) for b in settings.bits)
+    settings.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    meta = _check_resume(out, settings)
+    if meta is not None and meta.get("status") == "complete":
+        log(f"{out}: the table is already complete ({meta['summary']['n_rows']} rows)")
+        return BenchTable.load(out)
+
+    network, model, training = _prepare_network(out, settings, meta, progress, log)
+    spec = MeasureSpec(network=network, weights=(out / fmt.WEIGHTS_FILE).read_bytes(), data=settings.data,
+                       data_seed=settings.data_seed, bit_choices=tuple(sorted(settings.bits)),
+                       act_bits=settings.act_bits, protocol=settings.protocol, per_channel=settings.per_channel,
+                       calib_size=settings.calib_size, halves_seed=settings.seed, batch_size=batch_size)
+    measurer = measurer_for(spec)  # local even with a scheduler: float accuracy, layer table, sizes
+    qn = measurer.qn
+    plan = plan_configs(len(qn.layer_names), settings.bits, settings.n, settings.seed)
+    if meta is None:
+        meta = _initial_meta(out, settings, network, qn, measurer, training, len(plan))
+        atomic_write_json(out / fmt.META_FILE, meta)
+    elif meta["layer_names"] != list(qn.layer_names):
+        raise ProxylabError(f"{out / fmt.META_FILE} lists other layers than the network has; delete the folder and rebuild")
+
+    done = read_progress(out / fmt.TABLE_FILE, plan, log=log)
+    todo = missing_ids(done, len(plan))
+    if done:
+        log(f"{out}: resuming, {len(done)} of {len(plan)} configurations already measured")
+    sizes = qn.size_mb(np.array(plan, dtype=np.int64))
+    ops = qn.bitops(np.array(plan, dtype=np.int64))
+    start = time.perf_counter()
+    with RowWriter(out / fmt.TABLE_FILE) as writer, _bar(len(plan), len(done), meta["name"], progress) as bar:
+        def record(result) -> None:
+            cfg_id, acc, acc_a, acc_b = result
+            writer.write(cfg_id, plan[cfg_id], float(sizes[cfg_id]), float(ops[cfg_id]), acc, acc_a, acc_b)
+            bar.update(1)
+
+        jobs = [(i, plan[i]) for i in todo]
+        if scheduler is None:
+            for i, bits in jobs:
+                record((i, *measurer.measure(bits)))
+        else:
+            from proxylab.bench.distributed import measure_on_cluster
+
+            measure_on_cluster(scheduler, spec, jobs, record, chunk=chunk)
+    seconds = time.perf_counter() - start
+    return _finish(out, plan, meta, seconds, len(todo), scheduler, log)
+
+
+def _bar(total: int, initial: int, name: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"bench {name}", unit="cfg", disable=not enabled,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def _initial_meta(out: Path, settings: BuildSettings, network, qn, measurer, training, n_planned: int) -> Dict[str, Any]:
+    import torch
+
+    from proxylab import __version__
+
+    name = settings.name or f"{network['name']}-{settings.data}"
+    n_test = len(measurer.y)
+    n_a = int(measurer.mask_a.sum())
+    return {
+        "schema_version": fmt.SCHEMA_VERSION,
+        "name": name,
+        "status": "building",
+        "network": network,
+        "dataset": {"name": settings.data, "seed": settings.data_seed, "test_size": n_test,
+                    "calib_split_images_used": settings.calib_size},
+        "layer_names": list(qn.layer_names),
+        "params": [int(p) for p in qn.params],
+        "params_convention": "weight (+ bias) + folded BatchNorm affine parameters (proxylab.quant.layer_info)",
+        "macs": [int(m) for m in qn.macs],
+        "bit_choices": sorted(int(b) for b in settings.bits),
+        "act_bits": settings.act_bits,
+        "protocol": {"name": settings.protocol, "clip": qn.protocol.clip, "bias_correction": qn.protocol.bias_correction,
+                     "per_channel": settings.per_channel, "calib_size": settings.calib_size,
+                     "description": qn.protocol.description},
+        "float_acc": measurer.float_accuracy(),
+        "training": training,
+        "seeds": {"train": settings.seed, "sample": settings.seed, "halves": settings.seed,
+                  "splits": settings.seed, "data": settings.data_seed},
+        "n_configs": n_planned,
+        "n_uniform": len(settings.bits),
+        "n_sampled": settings.n,
+        "sampling": "the uniform configurations, then distinct configurations drawn uniformly at random",
+        "halves": {"seed": settings.seed, "size_a": n_a, "size_b": n_test - n_a,
+                   "note": "acc_half_a / acc_half_b: accuracy on two disjoint random halves of the test split"},
+        "has_halves": True,
+        "splits": {"seed": settings.seed, "fractions": dict(DEFAULT_SPLITS["fractions"])},
+        "weights": fmt.WEIGHTS_FILE,
+        "weights_dtype": settings.weights_dtype,
+        "build_settings": settings.identity(),
+        "command": settings.command(out),
+        "sha256": {fmt.WEIGHTS_FILE: sha256_file(out / fmt.WEIGHTS_FILE)},
+        "versions": {"proxylab": __version__, "torch": torch.__version__},
+    }
+
+
+def _finish(out: Path, plan, meta: Dict[str, Any], seconds: float, measured: int, scheduler, log) -> BenchTable:
+    table_path = out / fmt.TABLE_FILE
+    columns = fmt.read_table_csv(table_path, len(meta["layer_names"]))
+    ids = set(columns["cfg_id"].tolist())
+    missing = [i for i in range(len(plan)) if i not in ids]
+    if missing:  # a worker failure surfaces as an exception earlier; this guards against silent gaps
+        raise ProxylabError(f"{table_path}: {len(missing)} configurations are still missing (e.g. cfg_id {missing[0]}); "
+                            "rerun the same command to measure them")
+    atomic_write_text(table_path, fmt.table_csv_text(columns))
+    meta = dict(meta)
+    meta["status"] = "complete"
+    meta["sha256"] = {**meta.get("sha256", {}), fmt.TABLE_FILE: sha256_file(table_path)}
+    meta["summary"] = summarize(columns)
+    last = {"configs_measured": measured, "seconds": round(seconds, 1),
+            "configs_per_min": round(measured / seconds * 60, 1) if seconds > 0 and measured else None,
+            "scheduler": None if scheduler is None else str(scheduler if isinstance(scheduler, str) else type(scheduler).__name__)}
+    meta["build"] = last
+    atomic_write_json(out / fmt.META_FILE, meta)
+    s = meta["summary"]
+    log(f"{out}: {s['n_rows']} rows, accuracy {s['acc_min']:.3f}..{s['acc_max']:.3f}, "
+        f"noise ceiling {s['noise_ceiling'] if s['noise_ceiling'] is None else round(s['noise_ceiling'], 4)}")
+    return BenchTable.load(out)

@@ -1,0 +1,178 @@
+"""``proxylab allocate``: per-layer weight bits for a network under a size / BitOps budget."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from proxylab.commands._base import Command, parse_bits_list
+from proxylab.errors import ProxylabError
+
+
+class Allocate(Command):
+    help = "choose per-layer bits under a size / BitOps budget"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        src = parser.add_argument_group("network (one of)")
+        src.add_argument("--net", help="a registered network name (with --weights and --data) or path/file.py:factory")
+        src.add_argument("--checkpoint", help="a checkpoint folder written by `proxylab train` (weights.pt + config.json)")
+        src.add_argument("--bench", help="a bench table's reference network, e.g. resnet20-mnist5k")
+        parser.add_argument("--weights", help="state_dict file for --net")
+        parser.add_argument("--data", help="data set for the statistics and --measure (default: the checkpoint's / table's)")
+        parser.add_argument("--proxy", help="a known proxy's name or a formula (needed by the proxylab allocator)")
+        parser.add_argument("--budget", action="append", required=True, metavar="KEY=VALUE",
+                            help="size_mb=X and/or bitops=Y (repeat the flag or separate with commas)")
+        parser.add_argument("--bits", default="2,3,4", help="allowed weight bit-widths (default 2,3,4)")
+        parser.add_argument("--act-bits", type=int, default=8, help="activation bits used for BitOps (default 8)")
+        parser.add_argument("--allocator", default="proxylab",
+                            help="proxylab (default), uniform, hawq_v2, ompq, bparams, random, or 'all' to compare them")
+        parser.add_argument("--measure", action="store_true", help="also measure test accuracy of the allocation (PTQ)")
+        parser.add_argument("--protocol", help="PTQ protocol for --measure (default: the table's with --bench, else rtn)")
+        parser.add_argument("--batch-size", type=int, default=64, help="calibration batch for the statistics (default 64)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--no-cache", action="store_true", help="recompute the statistics instead of using the cache")
+        parser.add_argument("--out", help="folder to write allocation.json (the answer and the resolved arguments)")
+
+    def run(self, args: argparse.Namespace) -> Any:
+        from proxylab.allocate import ALLOCATORS, AllocationProblem, parse_budget, run_allocator
+
+        from proxylab.allocate.problem import validate_bit_choices
+
+        budget = parse_budget(args.budget)
+        bits = validate_bit_choices(parse_bits_list(args.bits))
+        if args.allocator != "all":
+            ALLOCATORS.get(args.allocator)  # unknown name -> error listing the known ones
+        names = (sorted(ALLOCATORS.names(), key=lambda n: n != "proxylab") if args.allocator == "all"
+                 else [args.allocator])
+        if args.allocator == "all" and args.proxy is None:
+            names = [n for n in names if n != "proxylab"]
+        if "proxylab" in names and args.proxy is None:
+            raise ProxylabError("the proxylab allocator needs --proxy NAME or --proxy 'formula' (see `proxylab proxy list`)")
+        if args.proxy is not None:
+            from proxylab.allocate import resolve_proxy
+
+            resolve_proxy(args.proxy)  # a bad formula fails before the slow statistics pass
+
+        model, dataset, source = load_network(args)
+        _check_budget_cheaply(model, dataset, bits, args.act_bits, budget)
+        needs_hessian = "hawq_v2" in names
+        stats = _stats(model, dataset, bits, args, needs_hessian)
+        problem = AllocationProblem.from_stats(stats, bits, args.act_bits)
+        problem.check_feasible(budget)
+
+        qn = None
+        if args.measure:
+            from proxylab.quant import QuantizedNetwork
+
+            protocol = args.protocol or (_table_protocol(args.bench) if args.bench else "rtn")
+            qn = QuantizedNetwork(model, dataset.calib.x, calib_size=256, bit_choices=tuple(problem.bit_choices),
+                                  act_bits=args.act_bits, protocol=protocol)
+        rows: List[Dict[str, Any]] = []
+        answers = []
+        for name in names:
+            t0 = time.perf_counter()
+            res = run_allocator(name, problem, budget, proxy=args.proxy, seed=args.seed)
+            row = {"allocator": name, "method": res.method, "size_mb": res.size_mb, "bitops": res.bitops,
+                   "score": res.score if res.score is not None else float("nan"),
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            if qn is not None:
+                qn.apply(list(res.bits))
+                row["acc"] = float(qn.evaluate(dataset.test.x, dataset.test.y))
+            row["bits"] = " ".join(str(b) for b in res.bits)
+            rows.append(row)
+            answers.append((res, row))
+
+        if args.out:
+            _write(Path(args.out), args, source, budget, answers)
+        if len(answers) == 1:
+            res, row = answers[0]
+            out: Dict[str, Any] = {"network": source, "budget": budget.describe()}
+            if res.extra.get("proxy"):
+                out["proxy"] = res.extra["proxy"]
+            out.update({k: v for k, v in row.items() if k != "bits"})
+            out["layers"] = [{"layer": n, "params": int(p), "bits": b}
+                             for n, p, b in zip(problem.layer_names, problem.params, res.bits)]
+            return out
+        return rows
+
+
+def load_network(args: argparse.Namespace) -> Tuple[Any, Any, str]:
+    """(model in eval mode, dataset, a description) from exactly one of --net / --checkpoint / --bench."""
+    given = [k for k in ("net", "checkpoint", "bench") if getattr(args, k)]
+    if len(given) != 1:
+        raise ProxylabError("give exactly one of --net NAME|file.py:factory, --checkpoint DIR, --bench TABLE"
+                            + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
+    from proxylab.data import get_dataset
+
+    if args.bench:
+        from proxylab.bench import load_table
+
+        model, dataset, _ = load_table(args.bench).load_network()
+        if args.data and args.data != dataset.name:
+            dataset = get_dataset(args.data, seed=args.seed)
+        return model, dataset, f"bench:{args.bench}"
+    if args.checkpoint:
+        from proxylab.nets import load_checkpoint
+
+        model, config = load_checkpoint(args.checkpoint)
+        data = args.data or config.get("data")
+        if not data:
+            raise ProxylabError(f"checkpoint '{args.checkpoint}' records no data set: pass --data NAME")
+        return model.eval(), get_dataset(data, seed=args.seed), f"checkpoint:{args.checkpoint}"
+    if not args.data:
+        raise ProxylabError("--net needs --data NAME (the data set the network was trained on; see `proxylab data list`)")
+    dataset = get_dataset(args.data, seed=args.seed)
+    if ":" in args.net and args.net.rsplit(":", 1)[0].endswith(".py"):
+        from proxylab.nets import load_user_network
+
+        model = load_user_network(args.net, weights=args.weights)
+    else:
+        from proxylab.nets import create_net
+        from proxylab.nets.checkpoint import load_weights, read_state_dict
+
+        if not args.weights:
+            raise ProxylabError(f"--net {args.net} needs --weights W.pt: a proxy of untrained weights says nothing "
+                                "about the trained network's accuracy")
+        model = create_net(args.net, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                           image_size=dataset.image_size)
+        load_weights(model, read_state_dict(args.weights), source=f"weights '{args.weights}'")
+    return model.eval(), dataset, f"net:{args.net}"
+
+
+def _table_protocol(name: str) -> str:
+    from proxylab.bench import load_table
+
+    return str(load_table(name).meta.get("protocol", {}).get("name", "rtn"))
+
+
+def _check_budget_cheaply(model, dataset, bits, act_bits, budget) -> None:
+    """An infeasible budget fails in a second, before the statistics pass (which can take minutes)."""
+    from proxylab.allocate import AllocationProblem
+    from proxylab.quant import layer_info
+
+    info = layer_info(model, dataset.calib.x[:1])
+    AllocationProblem([i.params for i in info], [i.macs for i in info], bits, act_bits).check_feasible(budget)
+
+
+def _stats(model, dataset, bits, args, hessian: bool):
+    from proxylab.stats import compute_stats, default_cache_dir
+
+    print(f"computing statistics on {args.batch_size} calibration images of {dataset.name}...", file=sys.stderr)
+    return compute_stats(model, dataset.calib.x, dataset.calib.y, bit_choices=tuple(bits),
+                         batch_size=args.batch_size, seed=args.seed, hessian=hessian,
+                         cache_dir=None if args.no_cache else default_cache_dir())
+
+
+def _write(out: Path, args, source: str, budget, answers) -> None:
+    from proxylab.utils import atomic_write_json
+
+    resolved = {k: v for k, v in vars(args).items() if not callable(v)}
+    payload = {
+        "network": source,
+        "budget": budget.to_dict(),
+        "arguments": resolved,
+        "allocations": [dict(res.to_dict(), **({"acc": row["acc"]} if "acc" in row else {})) for res, row in answers],
+    }
+    atomic_write_json(out / "allocation.json", payload)

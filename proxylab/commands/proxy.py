@@ -1,0 +1,93 @@
+"""``proxylab proxy list`` and ``proxylab proxy eval``."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from proxylab.commands._base import Command
+from proxylab.errors import ProxylabError
+
+
+class ProxyList(Command):
+    help = "list the known proxies and the proxy primitives"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--primitives", action="store_true", help="list the proxy language instead")
+
+    def run(self, args: argparse.Namespace) -> Any:
+        from proxylab.proxy import KNOWN_PROXIES, describe_primitives
+
+        if args.primitives:
+            return describe_primitives()
+        rows = []
+        for name in KNOWN_PROXIES.names():
+            p = KNOWN_PROXIES.get(name)
+            rows.append({
+                "name": name,
+                "formula": str(p),
+                "aggregator": p.aggregator,
+                "decomposable": p.decomposable,
+                "source": p.source,
+            })
+        return rows
+
+
+class ProxyEval(Command):
+    help = "rank correlations of a proxy against a table"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--bench", required=True, help="shipped table name (proxylab bench list) or table folder")
+        what = parser.add_mutually_exclusive_group(required=True)
+        what.add_argument("--proxy", help="a known proxy's name or a formula, e.g. 'mean_layers(mean(abs(bW)))'")
+        what.add_argument("--all-known", action="store_true", help="every known proxy, side by side")
+        parser.add_argument("--split", default="test", choices=("test", "select", "search", "all"),
+                            help="which configurations of the table to rank (default: test)")
+        parser.add_argument("--net", help="your own network as path/file.py:factory (default: the table's network)")
+        parser.add_argument("--weights", help="state_dict file for --net")
+        parser.add_argument("--data", help="data set for the statistics with --net (default: the table's)")
+        parser.add_argument("--batch-size", type=int, default=64, help="calibration images for the statistics")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the calibration batch")
+        parser.add_argument("--no-cache", action="store_true", help="recompute the statistics, do not read/write the cache")
+
+    def run(self, args: argparse.Namespace) -> Any:
+        from proxylab.bench import load_table
+        from proxylab.proxy import KNOWN_PROXIES, parse_proxy
+        from proxylab.proxy.report import evaluate_many
+
+        table = load_table(args.bench)
+        proxies = [KNOWN_PROXIES.get(n) for n in KNOWN_PROXIES.names()] if args.all_known else [parse_proxy(args.proxy)]
+        hessian = any(p.uses_hessian for p in proxies)
+        stats = self._stats(args, table, hessian)
+        rows = evaluate_many(proxies, table, stats, args.split)
+        if args.all_known:
+            return rows
+        row = dict(rows[0])
+        row["formula"] = str(proxies[0])
+        if not row["valid"]:
+            row["note"] = "invalid proxy: " + row["reason"]
+        return row
+
+    def _stats(self, args, table, hessian: bool):
+        from proxylab.stats import compute_stats, default_cache_dir, stats_for_table
+
+        cache = None if args.no_cache else default_cache_dir()
+        options = dict(batch_size=args.batch_size, seed=args.seed, hessian=hessian)
+        if not args.net:
+            if args.weights or args.data:
+                raise ProxylabError("--weights and --data go with --net (your own network); drop them or add --net")
+            return stats_for_table(table, cache_dir=cache, **options)
+        from proxylab.data import get_dataset
+        from proxylab.nets import load_user_network
+
+        model = load_user_network(args.net, weights=args.weights)
+        data_name = args.data or (table.meta.get("dataset") or {}).get("name")
+        if not data_name:
+            raise ProxylabError(f"table '{table.name}' names no data set: give --data for your network's statistics")
+        ds = get_dataset(data_name, seed=int((table.meta.get("dataset") or {}).get("seed", 0)))
+        stats = compute_stats(model, ds.calib.x, ds.calib.y, bit_choices=table.bit_choices, cache_dir=cache, **options)
+        if list(stats.layer_names) != list(table.layer_names):
+            raise ProxylabError(
+                f"your network's quantizable layers ({len(stats.layer_names)}) are not the table's "
+                f"({len(table.layer_names)}): evaluate against a table measured on this network"
+            )
+        return stats

@@ -1,0 +1,67 @@
+"""`proxylab search`: evolve a proxy against one or more bench tables and write the run folder."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict
+
+from proxylab.commands._base import Command
+
+
+class Search(Command):
+    help = "evolve a proxy against one or more tables"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--bench", required=True,
+                            help="table name(s) or folder(s), comma separated (see `proxylab bench list`)")
+        parser.add_argument("--space", default="emq",
+                            help="search space: a preset name (emq, extended) or a YAML file (default: emq)")
+        parser.add_argument("--pop", type=int, default=50, help="population size (default 50)")
+        parser.add_argument("--iters", type=int, default=1000, help="iterations (default 1000)")
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        parser.add_argument("--out", required=True, help="output folder (must not exist unless --resume)")
+        parser.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+        parser.add_argument("--scheduler", default=None,
+                            help="Dask scheduler address (tcp://host:8786): evaluate fitness on that cluster")
+        parser.add_argument("--fitness", choices=("mean", "min"), default="mean",
+                            help="combine per-table Spearman by mean or min (default mean)")
+        parser.add_argument("--no-dps", action="store_true", help="ablation: no diversity-prompting newcomer")
+        parser.add_argument("--no-csp", action="store_true",
+                            help="ablation: no compatibility screening (no early rejection, no equivalence check)")
+        parser.add_argument("--no-osp", action="store_true", help="ablation: uniform operation sampling")
+        parser.add_argument("--tries", type=int, default=8,
+                            help="candidates drawn per iteration for the offspring and for the newcomer (default 8)")
+        parser.add_argument("--hof-size", type=int, default=20, help="hall of fame re-ranked on the select split")
+        parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> Dict[str, Any]:
+        from proxylab.bench import load_table
+        from proxylab.errors import ProxylabError
+        from proxylab.search import ProxySearch, load_space
+
+        names = [n.strip() for n in args.bench.split(",") if n.strip()]
+        if not names:
+            raise ProxylabError("--bench is empty: give at least one table name or folder")
+        load_space(args.space)  # a bad space file fails before any table or statistic is loaded
+        tables = [load_table(n) for n in names]
+        search = ProxySearch(
+            space=args.space, pop=args.pop, iters=args.iters, seed=args.seed, fitness=args.fitness,
+            dps=not args.no_dps, csp=not args.no_csp, osp=not args.no_osp, tries=args.tries,
+            hof_size=args.hof_size, checkpoint_every=args.checkpoint_every, out_dir=args.out,
+            resume=args.resume, scheduler=args.scheduler, progress=not args.no_progress,
+        ).fit(tables)
+        best = search.hall_of_fame_[0]
+        rej = search.rejections_
+        keep = ("table", "proxy", "role", "spearman", "kendall", "select_spearman", "noise_ceiling")
+        return {
+            "best_proxy": search.best_formula_,
+            "search_fitness": best["search_fitness"],
+            "select_fitness": best["select_fitness"],
+            "rejected_early": sum(rej["early"].values()),
+            "rejected_full": sum(rej["full"].values()),
+            "early_share": rej["early_share"],
+            "evaluations": search.counters_["evaluations"],
+            "wall_s": round(search.wall_time_, 1),
+            "out": str(args.out),
+            "test_split": [{k: r[k] for k in keep} for r in search.results_],
+        }

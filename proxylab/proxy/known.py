@@ -1,0 +1,184 @@
+"""Known proxies from the literature, registered by name in KNOWN_PROXIES.
+
+Sign convention: higher score = the configuration is predicted to be more accurate. Sensitivity measures
+(a bigger perturbation is worse) are therefore negated. "Bit-weighted" follows EMQ's baselines: a
+zero-cost saliency, which alone would be constant over bit configurations, is multiplied per layer by the
+layer's bit-width. All but ``ompq`` are formulas in the proxy language, so they print, parse and hash
+like any searched proxy; ``ompq`` needs cross-layer statistics and is written out below.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from proxylab.errors import ProxylabError
+from proxylab.proxy.core import BaseProxy, Proxy
+from proxylab.proxy.errors import InvalidProxy
+from proxylab.proxy.evaluate import bits_to_columns
+from proxylab.proxy.parse import parse_node
+from proxylab.registry import Registry
+
+KNOWN_PROXIES = Registry("known proxy")
+
+
+def _formula(name: str, formula: str, source: str) -> None:
+    proxy = Proxy(parse_node(formula), name=name, source=source)
+    KNOWN_PROXIES.add(name, proxy, help=source)
+
+
+_formula(
+    "bparams",
+    "sum_layers(smul(bits, params))",
+    "BParams, EMQ's baseline (Dong et al., ICCV 2023): bit-weighted parameter count = model size in bits; "
+    "bigger predicts more accurate.",
+)
+_formula(
+    "hawq",
+    "sum_layers(sneg(smul(heig, smul(norm(Q), norm(Q)))))",
+    "HAWQ (Dong et al., ICCV 2019): top Hessian eigenvalue x quantization perturbation ||W - Q_b(W)||^2, summed "
+    "over layers, negated (less perturbation of sharp layers predicts more accurate).",
+)
+_formula(
+    "hawqv2",
+    "sum_layers(sneg(smul(sdiv(htrace, params), smul(norm(Q), norm(Q)))))",
+    "HAWQ-V2 (Dong et al., NeurIPS 2020): average Hessian trace Tr(H)/n x ||W - Q_b(W)||^2, summed over layers, "
+    "negated.",
+)
+_formula(
+    "qe",
+    "sum_layers(smul(params, ssub(slog(norm(W)), slog(norm(Q)))))",
+    "Quantization entropy, after QE (Sun et al., NeurIPS 2022) and EMQ's qe baseline: the information the b-bit "
+    "weights keep, n * log(||W|| / ||W - Q_b(W)||) nats per layer (rate-distortion of the weight signal against "
+    "its quantization noise), summed; higher keeps more. Not the MAE-DET forward score EMQ ships, which needs a "
+    "quantized forward pass per configuration.",
+)
+_formula(
+    "snip",
+    "sum_layers(smul(bits, smul(params, mean(abs(mul(G, W))))))",
+    "Bit-weighted SNIP (Lee et al., ICLR 2019; EMQ's bsnip): sum over layers of b * sum|dL/dW * W|.",
+)
+_formula(
+    "synflow",
+    "sum_layers(smul(bits, smul(params, mean(abs(mul(V, W))))))",
+    "Bit-weighted SynFlow (Tanaka et al., NeurIPS 2020; EMQ's bsynflow): sum over layers of b * sum|V * W| with V "
+    "the virtual gradient (all-ones input, sum of logits).",
+)
+_formula(
+    "fisher",
+    "sum_layers(smul(bits, smul(params, mean(F))))",
+    "Bit-weighted Fisher (Theis et al. 2018; zero-cost NAS, Abdelfattah et al., ICLR 2021): sum over layers of "
+    "b * sum of the empirical Fisher diagonal.",
+)
+_formula(
+    "fit",
+    "sum_layers(sneg(smul(params, mean(mul(F, pow2(Q))))))",
+    "FIT (Zandonati et al., 2022): Fisher-weighted quantization noise sum F * (W - Q_b(W))^2, negated.",
+)
+_formula(
+    "grad_norm",
+    "sum_layers(smul(bits, norm(G)))",
+    "Bit-weighted grad_norm (Abdelfattah et al., ICLR 2021): sum over layers of b * ||dL/dW||.",
+)
+_formula(
+    "emq",
+    "mean_layers(smul(mean(softmax(abslog(bV))), mean(sqrt(relu(bW)))))",
+    "EMQ's published genotype (Dong et al., ICCV 2023; rank script, labelled 76.35%): inputs virtual gradient and "
+    "weight, ops [[abslog, softmax], [relu, sqrt], product], mean over layers.",
+)
+
+
+def _common_acts(stats) -> list:
+    """Each layer's output flattened per image, on the images every layer kept (the leading ones)."""
+    acts = [stats.tensor(l, "act") for l in range(len(stats.layer_names))]
+    n = min(a.shape[0] for a in acts)
+    if n < 3:
+        raise InvalidProxy(
+            stats.layer_names[int(np.argmin([a.shape[0] for a in acts]))], "ompq",
+            f"orthogonality needs activations of at least 3 images, the stats kept {n}: recompute them with more "
+            "activation images",
+        )
+    return [a[:n].reshape(n, -1).to(torch.float64) for a in acts]
+
+
+class OMPQ(BaseProxy):
+    """OMPQ (Ma et al., AAAI 2023), bit-weighted as in EMQ's baseline.
+
+    Definition (proxylab): for each layer l, X_l is its output on the n images all layers kept, flattened per
+    image; K_l = X_l X_l^T is centred (H K H); the orthogonality between layers is linear CKA,
+    c(l, j) = <K_l, K_j>_F / (||K_l||_F ||K_j||_F); gamma_l = sum over j != l of c(l, j) (how redundant
+    layer l's features are with the others'); the layer's importance is exp(-gamma_l) (OMPQ's e^{-x} with
+    beta = 1); the score is mean over layers of exp(-gamma_l) * b_l. Higher predicts more accurate.
+    """
+
+    name = "ompq"
+    aggregator = "mean_layers"
+    source = (
+        "OMPQ (Ma et al., AAAI 2023), bit-weighted like EMQ's baseline: mean over layers of exp(-gamma_l) * b_l, "
+        "gamma_l = sum of linear-CKA similarities of layer l's outputs with every other layer's."
+    )
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(b"known:ompq").hexdigest()
+
+    @property
+    def formula(self) -> str:
+        return "ompq"
+
+    def __str__(self) -> str:
+        return "ompq"
+
+    def __repr__(self) -> str:
+        return "OMPQ()"
+
+    def importance(self, stats) -> np.ndarray:
+        """exp(-gamma_l) per layer, all layers' Gram matrices compared in one matrix product."""
+        acts = _common_acts(stats)
+        n = acts[0].shape[0]
+        centre = torch.eye(n, dtype=torch.float64) - 1.0 / n
+        grams = torch.stack([centre @ (x @ x.T) @ centre for x in acts]).reshape(len(acts), -1)
+        norms = torch.linalg.vector_norm(grams, dim=1)
+        zero = torch.nonzero(norms == 0)
+        if len(zero):
+            raise InvalidProxy(stats.layer_names[int(zero[0])], "ompq", "the layer's outputs are constant over images")
+        unit = grams / norms[:, None]
+        sim = unit @ unit.T
+        gamma = sim.sum(dim=1) - sim.diagonal()
+        return torch.exp(-gamma).numpy()
+
+    def layer_table(self, stats, dtype=torch.float64, threads=1) -> np.ndarray:
+        imp = self.importance(stats)
+        return imp[:, None] * np.asarray(stats.bit_choices, dtype=np.float64)[None, :]
+
+    def score_naive(self, stats, bits_row) -> float:
+        """From scratch with numpy, one pair of layers at a time (the oracle for ``layer_table``)."""
+        bits = np.asarray(bits_row).ravel()
+        bits_to_columns(bits[None], stats.bit_choices, stats.layer_names)  # same validation as the fast path
+        acts = [a.numpy() for a in _common_acts(stats)]
+
+        def centred_gram(x):
+            k = x @ x.T
+            return k - k.mean(0)[None, :] - k.mean(1)[:, None] + k.mean()
+
+        grams = [centred_gram(x) for x in acts]
+        total = 0.0
+        for l, kl in enumerate(grams):
+            gamma = 0.0
+            for j, kj in enumerate(grams):
+                if j != l:
+                    gamma += float((kl * kj).sum() / (np.linalg.norm(kl) * np.linalg.norm(kj)))
+            total += math.exp(-gamma) * float(bits[l])
+        return total / len(grams)
+
+
+KNOWN_PROXIES.add("ompq", OMPQ(), help=OMPQ.source)
+
+
+def get_known(name: str) -> BaseProxy:
+    proxy = KNOWN_PROXIES.get(name)
+    if not isinstance(proxy, BaseProxy):  # pragma: no cover - registry misuse
+        raise ProxylabError(f"known proxy '{name}' is not a proxy object")
+    return proxy

@@ -1,0 +1,127 @@
+"""The output folder of a search: config.yaml first, a checkpoint while it runs, the results at the end.
+
+Refusals protect finished work: an existing folder is never reused without --resume, and a resume folder
+whose configuration differs (other tables, space, seed, sizes, switches) is refused before anything in it
+is touched, with the differing keys named.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import yaml
+
+from proxylab.errors import ProxylabError
+from proxylab.search.state import SearchState
+from proxylab.utils import atomic_write_json, atomic_write_text
+
+CONFIG = "config.yaml"
+EXECUTION_KEYS = ("checkpoint_every", "scheduler")  # how a run executes, not what it computes
+
+
+def table_fingerprint(table) -> str:
+    """Content of what the search reads from a table: configurations, accuracies and the split labels."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(table.bits, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(table.acc, dtype=np.float64).tobytes())
+    for split in ("search", "select", "test"):
+        h.update(np.ascontiguousarray(table.split(split), dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _result_part(config: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in EXECUTION_KEYS and k != "fingerprint"}
+
+
+def run_fingerprint(config: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(_result_part(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if isinstance(old.get(key), (dict, list)) or isinstance(new.get(key), (dict, list)):
+                out.append(f"{key} differs")
+            else:
+                out.append(f"{key}: {old.get(key)!r} in the folder, {new.get(key)!r} now")
+    return out
+
+
+def rows_to_csv(rows: List[Dict[str, Any]]) -> str:
+    cols: List[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: _cell(r.get(c, "")) for c in cols})
+    return buf.getvalue()
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    if isinstance(v, (list, tuple)):
+        return " ".join(str(x) for x in v)
+    return v
+
+
+class RunFolder:
+    def __init__(self, path, config: Dict[str, Any], fingerprint: str, resume: bool):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        config_file = self.path / CONFIG
+        if resume:
+            if not config_file.is_file():
+                raise ProxylabError(f"--resume: {self.path} holds no {CONFIG}, so there is no search to resume; "
+                                    f"run without --resume to start one there")
+            old = yaml.safe_load(config_file.read_text()) or {}
+            if old.get("fingerprint") != fingerprint:
+                diff = _differences(_result_part(old), _result_part(config)) or ["the configuration differs"]
+                raise ProxylabError(f"--resume: {self.path} holds a search with another configuration "
+                                    f"({'; '.join(diff)}); nothing was changed. Resume with the same options or "
+                                    f"choose another --out")
+            for stale in self.path.glob(".*.tmp"):  # a write the kill interrupted; the target file is whole
+                stale.unlink()
+        else:
+            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+                raise ProxylabError(f"output folder {self.path} already exists and is not empty: add --resume to "
+                                    f"continue the search in it, or choose another --out")
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(config_file, yaml.safe_dump({**config, "fingerprint": fingerprint}, sort_keys=False))
+
+    def load_state(self):
+        return SearchState.load(self.path, self.fingerprint)
+
+    def save_state(self, state: SearchState) -> None:
+        state.save(self.path, self.fingerprint)
+
+    def write_outputs(self, search, tables, stats) -> None:
+        from proxylab.search.report import test_results
+
+        atomic_write_text(self.path / "best_proxy.txt", search.best_formula_ + "\n")
+        atomic_write_text(self.path / "hall_of_fame.csv", rows_to_csv(search.hall_of_fame_))
+        atomic_write_text(self.path / "history.csv", rows_to_csv(search.history_))
+        results = test_results(search.best_proxy_, tables, stats, fitness=search.fitness)
+        search.results_ = results
+        atomic_write_text(self.path / "results.csv", rows_to_csv(results))
+        atomic_write_json(self.path / "summary.json", {
+            "best_proxy": search.best_formula_, "rejections": _json_safe(search.rejections_),
+            "counters": search.counters_, "wall_time_s": search.wall_time_,
+        })
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,253 @@
+"""compute_stats: every per-layer statistic a proxy reads, for one model and one calibration batch, cached."""
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from proxylab.errors import ProxylabError, require
+from proxylab.stats import cache as stats_cache
+from proxylab.stats.collect import activations_and_grads, empirical_fisher, hessian_scalars, virtual_grads
+from proxylab.stats.network_stats import NetworkStats
+
+VIRTUAL_MODES = ("synflow", "plain")
+TRACE_MODES = ("joint", "block")
+# Per-sample gradients are made this many bytes at a time (chunk x weights x 4 bytes).
+FISHER_CHUNK_BYTES = 256 * 2**20
+_DEFAULT = object()
+
+
+def default_cache_dir() -> Path:
+    """$PROXYLAB_CACHE/stats, or ~/.cache/proxylab/stats when the variable is unset."""
+    root = os.environ.get("PROXYLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "proxylab")
+    return Path(root) / "stats"
+
+
+def _validate_bits(bit_choices: Sequence[int]) -> tuple:
+    try:
+        bits = tuple(int(b) for b in bit_choices)
+    except (TypeError, ValueError):
+        raise ProxylabError(f"bit_choices must be integers such as (2, 3, 4), got {bit_choices!r}") from None
+    require(len(bits) > 0, "bit_choices is empty: give the weight bit-widths to score, e.g. (2, 3, 4)")
+    bad = [b for b in bits if not 1 <= b <= 16]
+    require(not bad, f"bit_choices {bad} are outside 1..16: use bit-widths such as (2, 3, 4)")
+    require(len(set(bits)) == len(bits), f"bit_choices {bits} repeat a value: list each bit-width once")
+    return bits
+
+
+def _positive_int(name: str, value: Any) -> int:
+    require(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
+            f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _calibration_batch(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
+    """A seeded random subset of batch_size samples (all of them when fewer exist), in draw order."""
+    require(isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor),
+            f"x and y must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
+    require(x.dim() >= 2, f"x must be a batch [N, ...] of inputs, got shape {tuple(x.shape)}")
+    require(y.dim() == 1 and len(y) == len(x),
+            f"y must be [N] labels matching x's {len(x)} samples, got shape {tuple(y.shape)}")
+    require(len(x) > 0, "x is empty: give at least one calibration sample")
+    require(x.is_floating_point(), f"x must hold floating-point inputs, got {x.dtype}")
+    require(not y.is_floating_point() and not y.is_complex(), f"y must hold integer class labels, got {y.dtype}")
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(len(x), generator=gen)[: min(batch_size, len(x))]
+    return x[idx].detach().to("cpu", torch.float32).contiguous(), y[idx].detach().to("cpu", torch.long)
+
+
+def _float32_cpu(model: nn.Module) -> nn.Module:
+    """The model itself when already float32 on the CPU, else a float32 CPU copy (the caller's stays put)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors):
+        return model
+    return copy.deepcopy(model).to("cpu", torch.float32)
+
+
+def compute_stats(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bit_choices: Sequence[int] = (2, 3, 4),
+    batch_size: int = 64,
+    seed: int = 0,
+    hessian: bool = True,
+    cache_dir: Union[str, os.PathLike, None] = None,
+    act_images: int = 8,
+    *,
+    act_max_elements: int = 65536,
+    virtual: str = "synflow",
+    hessian_probes: int = 16,
+    hessian_iters: int = 20,
+    hessian_tol: float = 1e-3,
+    hessian_trace_mode: str = "joint",
+) -> NetworkStats:
+    """Per-layer statistics of ``model`` on a calibration batch, in the forward order of
+    proxylab.quant.quantizable_layers.
+
+    The batch is ``batch_size`` samples of (x, y) drawn with ``seed`` (all of x when it has fewer). All
+    passes run in eval mode, in float32 on the CPU (a model elsewhere is copied, never moved).
+
+    What is kept, per layer:
+      weight        the weight.
+      act           the layer output for the first k images of the batch, k = min(act_images,
+                    act_max_elements // values-per-image) and at least 1: bounded size whatever the network,
+                    and the same images for every call with the same seed.
+      grad          dL/dW, L = mean cross-entropy over the batch.
+      virtual_grad  dW of sum(logits) for an all-ones input of the batch's shape. ``virtual="synflow"``
+                    (default) computes it, like SynFlow, on a float64 copy whose affine maps are replaced by
+                    their absolute values: without that, signs cancel along paths and the virtual gradient
+                    of a trained network mostly measures those cancellations rather than the signal each
+                    weight carries. ``virtual="plain"`` uses the network as it is. Values beyond float32's
+                    range are divided by a common power of two (meta["virtual_grad_log2_scale"]).
+      fisher        empirical Fisher diagonal, sum_i (dL_i/dW)^2 over the per-sample losses L_i. Chosen over
+                    the SNIP-like (grad*weight)^2, which proxies can already build from grad and weight.
+      qerr(l, b)    W - quantize_weight(W, b) (per-channel RTN), for every b in bit_choices.
+      hessian_trace Hutchinson estimate of tr(H_ll) (H_ll: Hessian of L w.r.t. this layer's weight alone),
+                    ``hessian_probes`` Rademacher probes; standard errors in meta["hessian_trace_stderr"].
+                    ``hessian_trace_mode="joint"`` (default) shares each probe's product across all layers
+                    (one Hessian-vector product per probe for the whole network); "block" gives every layer
+                    its own products (lower variance, about layers/2 times the cost).
+      hessian_eig   dominant eigenvalue of H_ll (largest |lambda|, signed) by power iteration, at most
+                    ``hessian_iters`` products, stopping at relative change < ``hessian_tol``.
+    Probes and start vectors are seeded from ``seed``. ``hessian=False`` skips the last two (the costly part).
+
+    With ``cache_dir`` the result is stored under a key made of the sha256 of the model's state_dict, the
+    sha256 of the drawn batch, batch size, seed and every option above, and read back on the next call.
+    """
+    require(isinstance(model, nn.Module), f"model must be a torch.nn.Module, got {type(model).__name__}")
+    bits = _validate_bits(bit_choices)
+    batch_size = _positive_int("batch_size", batch_size)
+    act_images = _positive_int("act_images", act_images)
+    act_max_elements = _positive_int("act_max_elements", act_max_elements)
+    require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool),
+            f"seed must be an integer, got {seed!r}")
+    require(virtual in VIRTUAL_MODES, f"virtual must be one of {', '.join(VIRTUAL_MODES)}, got {virtual!r}")
+    if hessian:
+        hessian_probes = _positive_int("hessian_probes", hessian_probes)
+        hessian_iters = _positive_int("hessian_iters", hessian_iters)
+        require(float(hessian_tol) >= 0, f"hessian_tol must be >= 0, got {hessian_tol!r}")
+        require(hessian_trace_mode in TRACE_MODES,
+                f"hessian_trace_mode must be one of {', '.join(TRACE_MODES)}, got {hessian_trace_mode!r}")
+    xb, yb = _calibration_batch(x, y, batch_size, int(seed))
+    model = _float32_cpu(model)
+
+    options = {"act_images": act_images, "act_max_elements": act_max_elements, "virtual": virtual,
+               "hessian": bool(hessian)}
+    if hessian:
+        options.update(hessian_probes=hessian_probes, hessian_iters=hessian_iters, hessian_tol=float(hessian_tol),
+                       hessian_trace_mode=hessian_trace_mode)
+    key = stats_cache.cache_key({
+        "model": state_dict_digest(model), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "batch": stats_cache.tensors_sha256(xb, yb), "batch_size": batch_size, "seed": int(seed), **options,
+    })
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else None
+    if folder is not None:
+        hit = stats_cache.load_entry(folder, key)
+        if hit is not None:
+            st = NetworkStats.from_dict(hit, bit_choices=bits)
+            st.meta["cache_hit"] = True
+            return st.fill_qerr()
+
+    st = _compute(model, xb, yb, bits, int(seed), bool(hessian), options, key)
+    if folder is not None:
+        st.meta["cache_path"] = str(stats_cache.save_entry(folder, key, st.to_dict()))
+    st.meta["cache_hit"] = False
+    return st.fill_qerr()
+
+
+def state_dict_digest(model: nn.Module) -> str:
+    return stats_cache.state_dict_sha256(model)
+
+
+def _compute(model, xb, yb, bits, seed, hessian, options, key) -> NetworkStats:
+    from proxylab.quant import layer_info, quantizable_layers
+
+    example = xb[:1]
+    layers = list(quantizable_layers(model, example))
+    require(len(layers) > 0, f"{type(model).__name__} has no quantizable layers (Conv2d/Linear): nothing to measure")
+    infos = {info.name: info for info in layer_info(model, example)}
+    names = [name for name, _ in layers]
+    num_classes = _num_classes(model, example)
+    bad = yb[(yb < 0) | (yb >= num_classes)]
+    require(len(bad) == 0, f"labels {sorted(set(bad.tolist()))[:5]} are outside the model's {num_classes} classes "
+                           f"(0..{num_classes - 1}): check that x/y belong to this model's data set")
+
+    seconds: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    acts, grads, loss = activations_and_grads(model, layers, xb, yb, options["act_images"], options["act_max_elements"])
+    seconds["act_grad"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    n_weights = sum(m.weight.numel() for _, m in layers)
+    chunk = max(1, min(len(xb), FISHER_CHUNK_BYTES // (4 * n_weights)))
+    fisher = empirical_fisher(model, layers, xb, yb, chunk)
+    seconds["fisher"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    vgrads, log2_scale = virtual_grads(model, layers, tuple(xb.shape), options["virtual"])
+    seconds["virtual_grad"] = time.perf_counter() - t0
+
+    scalars: Dict[str, Any] = {}
+    meta: Dict[str, Any] = {"key": key, "batch_size": len(xb), "seed": seed, "loss": loss,
+                            "virtual_grad_log2_scale": log2_scale, "torch": torch.__version__, **options}
+    if hessian:
+        t0 = time.perf_counter()
+        traces, errors, eigs = hessian_scalars(
+            model, layers, xb, yb, options["hessian_probes"], options["hessian_iters"], options["hessian_tol"], seed,
+            trace_mode=options["hessian_trace_mode"])
+        seconds["hessian"] = time.perf_counter() - t0
+        scalars = {"hessian_trace": traces, "hessian_eig": eigs}
+        meta["hessian_trace_stderr"] = errors
+    meta["seconds"] = seconds
+
+    weights = [m.weight.detach().to(torch.float32).clone() for _, m in layers]
+    tensors = {"weight": weights, "act": acts, "grad": grads, "virtual_grad": vgrads, "fisher": fisher}
+    return NetworkStats(
+        names, bits,
+        [int(infos[n].params) for n in names], [int(infos[n].macs) for n in names],
+        tensors, scalars, meta,
+    )
+
+
+def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        model.train(was_training)
+    require(out.dim() == 2, f"the model must return logits [N, classes], got shape {tuple(out.shape)}")
+    return int(out.shape[1])
+
+
+def stats_for_table(table, cache_dir: Union[str, os.PathLike, None, object] = _DEFAULT, **kw) -> NetworkStats:
+    """compute_stats for a bench table's reference network on its data set's calib split.
+
+    ``table`` is a BenchTable or a table name/folder for proxylab.bench.load_table. bit_choices default to
+    the table's. ``cache_dir`` defaults to default_cache_dir(); pass None to skip the cache.
+    """
+    if isinstance(table, (str, os.PathLike)):
+        from proxylab.bench import load_table
+
+        table = load_table(table)
+    model, dataset, _config = table.load_network()
+    kw.setdefault("bit_choices", tuple(table.bit_choices))
+    folder = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
+    st = compute_stats(model, dataset.calib.x, dataset.calib.y, cache_dir=folder, **kw)
+    expected = list(table.layer_names)
+    if st.layer_names != expected:
+        raise ProxylabError(
+            f"the table's layers ({len(expected)}) differ from the network's quantizable layers "
+            f"({len(st.layer_names)}): the table was built for another network or another proxylab version; "
+            "rebuild the table"
+        )
+    st.meta["table"] = str(table.meta.get("name", "")) if hasattr(table, "meta") else ""
+    return st

@@ -1,0 +1,101 @@
+"""`proxylab allocate` end to end on a tiny user network (file.py:factory) trained for a few steps on digits."""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from proxylab.cli import main
+
+FACTORY = '''
+import torch.nn as nn
+
+def tiny(num_classes=10):
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, num_classes))
+'''
+
+
+@pytest.fixture(scope="module")
+def user_net(tmp_path_factory):
+    from proxylab.data import get_dataset
+    from proxylab.nets import load_user_network
+
+    folder = tmp_path_factory.mktemp("net")
+    (folder / "tiny.py").write_text(FACTORY)
+    model = load_user_network(f"{folder / 'tiny.py'}:tiny")
+    ds = get_dataset("digits")
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):  # a few steps: enough for the proxies to see trained-ish weights
+        idx = torch.randint(0, len(ds.train), (64,))
+        loss = torch.nn.functional.cross_entropy(model(ds.train.x[idx]), ds.train.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), folder / "w.pt")
+    return folder, model.eval(), ds
+
+
+def _run(capsys, argv):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _base(folder):
+    return ["allocate", "--net", f"{folder / 'tiny.py'}:tiny", "--weights", str(folder / "w.pt"), "--data", "digits",
+            "--no-cache", "--batch-size", "32"]
+
+
+def test_allocate_prints_and_writes(user_net, capsys, tmp_path):
+    folder, model, ds = user_net
+    code, out, err = _run(capsys, _base(folder) + ["--proxy", "emq", "--budget", "size_mb=0.0009", "--measure",
+                                                   "--out", str(tmp_path), "--format", "json"])
+    assert code == 0, err
+    res = json.loads(out)
+    saved = json.loads((tmp_path / "allocation.json").read_text())
+    bits = [r["bits"] for r in res["layers"]]
+    assert saved["allocations"][0]["bits"] == bits and saved["budget"]["size_mb"] == 0.0009
+    assert res["size_mb"] <= 0.0009 and res["method"] == "ilp" and "smul" in res["proxy"]
+
+    from proxylab.quant import QuantizedNetwork
+
+    qn = QuantizedNetwork(model, ds.calib.x, calib_size=256, bit_choices=(2, 3, 4), act_bits=8, protocol="rtn")
+    qn.apply(bits)
+    assert res["acc"] == pytest.approx(qn.evaluate(ds.test.x, ds.test.y))
+    assert res["size_mb"] == pytest.approx(qn.size_mb(bits)) and res["bitops"] == qn.bitops(bits)
+
+
+def test_allocate_all_allocators_table_output(user_net, capsys):
+    folder, _, _ = user_net
+    code, out, err = _run(capsys, _base(folder) + ["--allocator", "all", "--proxy", "emq",
+                                                   "--budget", "size_mb=0.0009", "--budget", "bitops=30M"])
+    assert code == 0, err
+    for name in ("proxylab", "uniform", "hawq_v2", "ompq", "bparams", "random"):
+        assert name in out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--proxy", "emq", "--budget", "size_mb=0.00001"], "infeasible.*smallest configuration.*size_mb="),
+    (["--proxy", "emq", "--budget", "bitops=1k"], "infeasible.*bitops="),
+    (["--proxy", "emq", "--budget", "size_mb=1", "--bits", "2,3,17"], "outside 1..16"),
+    (["--proxy", "emq", "--budget", "weight_mb=1"], "unknown budget key 'weight_mb'"),
+    (["--proxy", "emq", "--budget", "size_mb=1", "--allocator", "greedy"], "unknown allocator 'greedy'"),
+    (["--budget", "size_mb=1"], "needs --proxy"),
+    (["--proxy", "mean_layers(mean(invert(sub(W, W))))", "--budget", "size_mb=1"], "cannot score this network"),
+    (["--proxy", "mean_layers(mean(bX))", "--budget", "size_mb=1"], "bX"),
+])
+def test_bad_input_is_one_clear_line(user_net, capsys, extra, message):
+    folder, _, _ = user_net
+    code, out, err = _run(capsys, _base(folder) + extra)
+    assert code == 2
+    assert any(line.startswith("error:") for line in err.splitlines()), err
+    assert re.search(message, err, re.S), err
+    assert "Traceback" not in err
+
+
+def test_exactly_one_network_source(capsys):
+    code, _, err = _run(capsys, ["allocate", "--proxy", "emq", "--budget", "size_mb=1"])
+    assert code == 2 and "exactly one of --net" in err

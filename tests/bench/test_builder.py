@@ -1,0 +1,169 @@
+"""End-to-end builds on a tiny real setup (ResNet-20 on 8x8 digits, one epoch): every number of the table is
+checked against an independent measurement with proxylab.quant, and the build against kills and restarts."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from proxylab.bench import format as fmt
+from proxylab.bench import load_table
+from proxylab.bench.builder import BuildSettings, build_table
+from proxylab.bench.measure import half_mask
+from proxylab.errors import ProxylabError
+
+DATA = "digits"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from proxylab.data import get_dataset
+    from proxylab.nets import create_net, save_checkpoint, train_net
+    from proxylab.utils import seed_everything
+
+    ds = get_dataset(DATA)
+    seed_everything(0)
+    model = create_net("resnet20", ds.num_classes, ds.in_channels, ds.image_size)
+    result = train_net(model, ds, epochs=1, seed=0, progress=False)
+    out = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(out, model, {"net": "resnet20", "data": DATA, "num_classes": ds.num_classes,
+                                 "in_channels": ds.in_channels, "image_size": ds.image_size, "kwargs": {},
+                                 "seed": 0, "epochs": 1, "test_acc": result["test_acc"]})
+    return out
+
+
+def _settings(checkpoint, **kw):
+    base = dict(net=None, data=DATA, n=12, seed=0, checkpoint=str(checkpoint))
+    base.update(kw)
+    return BuildSettings(**base)
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_every_row_matches_an_independent_measurement(checkpoint, tmp_path):
+    from proxylab.data import get_dataset
+    from proxylab.nets import load_checkpoint
+    from proxylab.quant import QuantizedNetwork
+
+    table = build_table(tmp_path / "t", _settings(checkpoint), progress=False)
+    assert len(table) == 15 and table.meta["status"] == "complete"
+    assert [tuple(table.bits[i]) for i in range(3)] == [(b,) * len(table.layer_names) for b in (2, 3, 4)]
+    model, _ = load_checkpoint(checkpoint)
+    ds = get_dataset(DATA)
+    qn = QuantizedNetwork(model, ds.calib.x, bit_choices=(2, 3, 4), act_bits=8, protocol="rtn")
+    assert table.layer_names == qn.layer_names
+    mask = torch.from_numpy(half_mask(len(ds.test.y), 0))
+    params = np.array(table.meta["params"], dtype=np.float64)
+    for row in table:
+        qn.apply(row["bits"])
+        assert row["acc"] == qn.evaluate(ds.test.x, ds.test.y)
+        assert row["acc_half_a"] == qn.evaluate(ds.test.x[mask], ds.test.y[mask])
+        assert row["acc_half_b"] == qn.evaluate(ds.test.x[~mask], ds.test.y[~mask])
+        assert row["size_mb"] == pytest.approx((np.array(row["bits"]) * params).sum() / 8 / 2**20, rel=1e-12)
+        assert row["bitops"] == pytest.approx(8 * float((np.array(row["bits"]) * table.macs).sum()), rel=1e-12)
+    s = table.meta["summary"]
+    assert s["noise_ceiling"] == pytest.approx(spearmanr(table.acc_half_a, table.acc_half_b).statistic)
+    assert s["spearman_size_acc"] == pytest.approx(spearmanr(table.size_mb, table.acc).statistic)
+    assert (s["acc_min"], s["acc_max"]) == (table.acc.min(), table.acc.max())
+    qn.restore_float()
+    assert table.meta["float_acc"] == qn.evaluate(ds.test.x, ds.test.y)
+    assert table.meta["command"].startswith("proxylab bench build --checkpoint")
+
+
+def test_load_network_returns_the_measured_network(checkpoint, tmp_path):
+    from proxylab.nets import evaluate
+
+    table = build_table(tmp_path / "t", _settings(checkpoint, n=3, weights_dtype="float16"), progress=False)
+    state = torch.load(tmp_path / "t" / fmt.WEIGHTS_FILE, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    model, ds, config = load_table(tmp_path / "t").load_network()
+    assert config["network"]["name"] == "resnet20" and ds.name == DATA
+    assert evaluate(model, ds.test.x, ds.test.y) == table.meta["float_acc"]  # fp16 weights were what got measured
+    with open(tmp_path / "t" / fmt.WEIGHTS_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ProxylabError, match=r"weights\.pt: sha256 .* does not match"):
+        load_table(tmp_path / "t").load_network()
+
+
+def test_rerun_is_a_noop_and_other_settings_touch_nothing(checkpoint, tmp_path):
+    build_table(tmp_path / "t", _settings(checkpoint, n=3), progress=False)
+    before = _digest(tmp_path / "t")
+    assert len(build_table(tmp_path / "t", _settings(checkpoint, n=3), progress=False)) == 6
+    with pytest.raises(ProxylabError, match=r"other settings \(n: 3 -> 4\); nothing was changed"):
+        build_table(tmp_path / "t", _settings(checkpoint, n=4), progress=False)
+    with pytest.raises(ProxylabError, match=r"protocol: 'rtn' -> 'bias_correction'"):
+        build_table(tmp_path / "t", _settings(checkpoint, n=3, protocol="bias_correction"), progress=False)
+    assert _digest(tmp_path / "t") == before
+
+
+def test_a_calibrated_protocol_is_recorded_and_changes_the_accuracies(checkpoint, tmp_path):
+    rtn = build_table(tmp_path / "rtn", _settings(checkpoint, n=4), progress=False)
+    bc = build_table(tmp_path / "bc", _settings(checkpoint, n=4, protocol="bias_correction"), progress=False)
+    assert bc.meta["protocol"]["name"] == "bias_correction" and bc.meta["protocol"]["bias_correction"] is True
+    assert (rtn.bits == bc.bits).all() and not (rtn.acc == bc.acc).all()
+
+
+def test_killed_build_resumes_with_every_row_exactly_once(checkpoint, tmp_path):
+    n = 150
+    reference = build_table(tmp_path / "ref", _settings(checkpoint, n=n), progress=False)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "proxylab.cli", "bench", "build", "--checkpoint", str(checkpoint), "--data", DATA,
+           "--n", str(n), "--seed", "0", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rows_at_kill = 0
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            path = out / fmt.TABLE_FILE
+            rows_at_kill = path.read_bytes().count(b"\n") - 1 if path.exists() else 0
+            if rows_at_kill >= 5:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert 5 <= rows_at_kill < n + 3, "the build must be killed mid-way for this test to mean anything"
+    with open(out / fmt.TABLE_FILE, "ab") as f:  # and as if the kill had cut a row in half
+        f.write(b"77,2 3 4")
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr and "torn last line" in resumed.stderr
+    table = load_table(out)
+    assert sorted(table.cfg_id.tolist()) == list(range(n + 3))  # every row exactly once
+    assert (out / fmt.TABLE_FILE).read_bytes() == (tmp_path / "ref" / fmt.TABLE_FILE).read_bytes()
+    assert table.meta["summary"] == reference.meta["summary"]
+
+
+def test_dask_local_cluster_gives_the_same_table_row_for_row(checkpoint, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    local = build_table(tmp_path / "local", _settings(checkpoint, n=10), progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        remote = build_table(tmp_path / "dask", _settings(checkpoint, n=10), scheduler=cluster.scheduler_address,
+                             progress=False, chunk=3)
+    assert (tmp_path / "dask" / fmt.TABLE_FILE).read_bytes() == (tmp_path / "local" / fmt.TABLE_FILE).read_bytes()
+    assert remote.meta["build"]["scheduler"].startswith("tcp://") or remote.meta["build"]["scheduler"].startswith("inproc")
+
+
+@pytest.mark.slow
+def test_dask_process_workers_give_the_same_table(checkpoint, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    build_table(tmp_path / "local", _settings(checkpoint, n=10), progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        build_table(tmp_path / "dask", _settings(checkpoint, n=10), scheduler=cluster.scheduler_address, progress=False)
+    assert (tmp_path / "dask" / fmt.TABLE_FILE).read_bytes() == (tmp_path / "local" / fmt.TABLE_FILE).read_bytes()
+
+
+def test_unreachable_scheduler_is_a_clear_error(checkpoint, tmp_path):
+    pytest.importorskip("dask.distributed")
+    with pytest.raises(ProxylabError, match="cannot reach the Dask scheduler"):
+        build_table(tmp_path / "t", _settings(checkpoint, n=3), scheduler="tcp://127.0.0.1:1", progress=False)

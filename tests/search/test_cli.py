@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from proxylab.cli import main
+
+
+def test_unknown_table_is_one_clear_line(capsys, tmp_path):
+    assert main(["search", "--bench", "no-such-table", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no table 'no-such-table'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_space_file_fails_before_tables_are_read(capsys, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("inputs: {bW: 1}\nunary: {noop: 1}\nreduce: {mean: 1}\naggregate: {mean_layers: 1}\n"
+                     "structures: {linear: {unary_ops: 1}}\ncolour: blue\n")
+    assert main(["search", "--bench", "no-such-table", "--space", str(space), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) colour" in err and str(space) in err
+
+
+def test_search_command_end_to_end(tiny_pair, tmp_path, capsys, monkeypatch):
+    """The CLI wiring on real tiny tables (the loaders are pointed at them instead of shipped folders)."""
+    import proxylab.bench
+    import proxylab.stats
+
+    tables = {t.name: (t, s) for t, s in tiny_pair}
+    monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
+    monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
+    out = tmp_path / "run"
+    argv = ["search", "--bench", "tiny-a,tiny-b", "--pop", "6", "--iters", "4", "--seed", "1", "--fitness", "min",
+            "--no-osp", "--out", str(out), "--no-progress", "--format", "json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["best_proxy"] == (out / "best_proxy.txt").read_text().strip()
+    assert {r["table"] for r in res["test_split"]} == {"tiny-a", "tiny-b"}
+    assert main(argv) == 2 and "already exists" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["best_proxy"] == res["best_proxy"]
+    assert main([a if a != "6" else "7" for a in argv] + ["--resume"]) == 2
+    assert "pop: 6 in the folder, 7 now" in capsys.readouterr().err
