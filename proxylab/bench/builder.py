@@ -27,6 +27,52 @@ from proxylab.errors import ProxylabError, require
 from proxylab.utils import atomic_write_json, atomic_write_text, sha256_file
 
 ENUMERATE_LIMIT = 2_000_000  # below this many configurations, sample codes without replacement directly
+AUTO_PROTOCOL = "auto"
+TRIAL_CONFIGS = 24
+
+
+def reliability(acc: np.ndarray, n_test: int) -> float:
+    """Share of the accuracy variance over configurations that is not binomial test-set noise: the classical
+    reliability of the measurement, which bounds any rank correlation against it (the noise ceiling)."""
+    acc = np.asarray(acc, dtype=float)
+    var = acc.var(ddof=1) if len(acc) > 1 else 0.0
+    if var <= 0:
+        return 0.0
+    return float(1.0 - np.mean(acc * (1 - acc) / n_test) / var)
+
+
+def _choose_protocol(spec_for, settings: "BuildSettings", log):
+    """Measure every registered protocol on the plan's first configurations; keep the one whose accuracies
+    spread most reliably (neither all collapsed to chance nor all equal to float)."""
+    from proxylab.bench.measure import Measurer
+    from proxylab.quant import PROTOCOLS
+
+    trial, rows_by_protocol = [], {}
+    plan = None
+    for name in PROTOCOLS.names():
+        m = Measurer(spec_for(name))
+        if plan is None:
+            plan = plan_configs(len(m.qn.layer_names), settings.bits, min(settings.n, TRIAL_CONFIGS), settings.seed)
+        rows = {i: m.measure(bits) for i, bits in enumerate(plan)}
+        acc = np.array([r[0] for r in rows.values()])
+        sampled = acc[len(settings.bits):]
+        rel = reliability(sampled if len(sampled) > 2 else acc, len(m.y))
+        trial.append({"protocol": name, "configs": len(plan), "reliability": round(rel, 4),
+                      "acc_min": float(acc.min()), "acc_median": float(np.median(acc)), "acc_max": float(acc.max()),
+                      "uniform_acc": [float(a) for a in acc[:len(settings.bits)]]})
+        rows_by_protocol[name] = rows
+        log(f"protocol trial {name}: reliability {rel:.3f}, accuracy {acc.min():.3f}..{acc.max():.3f}")
+    best = max(trial, key=lambda t: t["reliability"])["protocol"]
+    log(f"protocol auto -> {best}")
+    return best, trial, rows_by_protocol[best]
+
+
+def _weights_file(checkpoint: str) -> Path:
+    p = Path(checkpoint)
+    path = p / fmt.WEIGHTS_FILE if p.is_dir() else p
+    if not path.is_file():
+        raise ProxylabError(f"no checkpoint weights at {path}: give a folder holding weights.pt + config.json")
+    return path
 
 
 @dataclass
@@ -62,7 +108,8 @@ class BuildSettings:
         require(self.net is not None or self.checkpoint is not None, "give --net (to train) or --checkpoint DIR")
         from proxylab.quant import PROTOCOLS
 
-        PROTOCOLS.get(self.protocol)  # unknown name -> error listing the known ones
+        if self.protocol != AUTO_PROTOCOL:
+            PROTOCOLS.get(self.protocol)  # unknown name -> error listing the known ones
 
     def identity(self) -> Dict[str, Any]:
         """The settings a resumed build must share with the first run (name and checkpoint path excluded:
@@ -71,9 +118,10 @@ class BuildSettings:
         d.pop("name")
         d.pop("checkpoint")
         d["bits"] = sorted(int(b) for b in self.bits)
-        if self.checkpoint is not None:
-            d.pop("epochs")
-            d.pop("train_batch_size")
+        if self.checkpoint is not None:  # the checkpoint's own config decides the network
+            for key in ("net", "net_kwargs", "epochs", "train_batch_size"):
+                d.pop(key)
+            d["checkpoint_sha256"] = sha256_file(_weights_file(self.checkpoint))
         return json.loads(json.dumps(d))
 
     def command(self, out: Path) -> str:
@@ -128,7 +176,8 @@ def plan_configs(n_layers: int, bit_choices: Sequence[int], n: int, seed: int) -
                     break
     else:
         while len(sampled) < n:
-            for row in rng.integers(0, k, size=(max(16, 2 * (n - len(sampled))), n_layers)):
+            # a fixed draw size keeps a smaller plan the prefix of a larger one with the same seed
+            for row in rng.integers(0, k, size=(256, n_layers)):
                 cfg = tuple(choices[int(d)] for d in row)
                 if cfg not in taken:
                     taken.add(cfg)
@@ -185,12 +234,10 @@ def _prepare_network(out: Path, settings: BuildSettings, meta: Optional[Dict[str
                                 f"not on --data {settings.data}")
         if settings.net and config.get("net") != settings.net:
             raise ProxylabError(f"checkpoint {settings.checkpoint} holds '{config.get('net')}', not --net {settings.net}")
-        settings.net = config.get("net")
         network = {"name": config["net"], "kwargs": dict(config.get("kwargs") or {}),
                    "num_classes": int(config["num_classes"]), "in_channels": int(config["in_channels"]),
                    "image_size": int(config["image_size"])}
-        training = {"checkpoint": str(settings.checkpoint), "checkpoint_sha256": sha256_file(_weights_file(settings.checkpoint)),
-                    "checkpoint_config": config}
+        training = {"checkpoint": str(settings.checkpoint), "checkpoint_config": config}
     else:
         from proxylab.nets import train_net
 
@@ -211,9 +258,6 @@ def _prepare_network(out: Path, settings: BuildSettings, meta: Optional[Dict[str
     return network, model, training
 
 
-def _weights_file(checkpoint: str) -> Path:
-    p = Path(checkpoint)
-    return p / fmt.WEIGHTS_FILE if p.is_dir() else p
 
 
 def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: bool = True, batch_size: int = 500,
@@ -230,16 +274,36 @@ def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: b
         return BenchTable.load(out)
 
     network, model, training = _prepare_network(out, settings, meta, progress, log)
-    spec = MeasureSpec(network=network, weights=(out / fmt.WEIGHTS_FILE).read_bytes(), data=settings.data,
-                       data_seed=settings.data_seed, bit_choices=tuple(sorted(settings.bits)),
-                       act_bits=settings.act_bits, protocol=settings.protocol, per_channel=settings.per_channel,
-                       calib_size=settings.calib_size, halves_seed=settings.seed, batch_size=batch_size)
+
+    def spec_for(protocol: str) -> MeasureSpec:
+        return MeasureSpec(network=network, weights=(out / fmt.WEIGHTS_FILE).read_bytes(), data=settings.data,
+                           data_seed=settings.data_seed, bit_choices=tuple(sorted(settings.bits)),
+                           act_bits=settings.act_bits, protocol=protocol, per_channel=settings.per_channel,
+                           calib_size=settings.calib_size, halves_seed=settings.seed, batch_size=batch_size)
+
+    trial: List[Dict[str, Any]] = []
+    trial_rows: Dict[int, Tuple[float, float, float]] = {}
+    if meta is not None:
+        protocol = meta["protocol"]["name"]  # an "auto" build resumes with the protocol it chose
+    elif settings.protocol == AUTO_PROTOCOL:
+        protocol, trial, trial_rows = _choose_protocol(spec_for, settings, log)
+    else:
+        protocol = settings.protocol
+    spec = spec_for(protocol)
     measurer = measurer_for(spec)  # local even with a scheduler: float accuracy, layer table, sizes
     qn = measurer.qn
     plan = plan_configs(len(qn.layer_names), settings.bits, settings.n, settings.seed)
     if meta is None:
         meta = _initial_meta(out, settings, network, qn, measurer, training, len(plan))
+        if trial:
+            meta["protocol"]["requested"] = AUTO_PROTOCOL
+            meta["protocol_trial"] = trial
         atomic_write_json(out / fmt.META_FILE, meta)
+        if trial_rows:  # the chosen protocol's trial configurations are the plan's first rows: keep them
+            sizes, ops = qn.size_mb(np.array(plan, dtype=np.int64)), qn.bitops(np.array(plan, dtype=np.int64))
+            with RowWriter(out / fmt.TABLE_FILE) as writer:
+                for i, (acc, acc_a, acc_b) in sorted(trial_rows.items()):
+                    writer.write(i, plan[i], float(sizes[i]), float(ops[i]), acc, acc_a, acc_b)
     elif meta["layer_names"] != list(qn.layer_names):
         raise ProxylabError(f"{out / fmt.META_FILE} lists other layers than the network has; delete the folder and rebuild")
 
@@ -296,7 +360,7 @@ def _initial_meta(out: Path, settings: BuildSettings, network, qn, measurer, tra
         "macs": [int(m) for m in qn.macs],
         "bit_choices": sorted(int(b) for b in settings.bits),
         "act_bits": settings.act_bits,
-        "protocol": {"name": settings.protocol, "clip": qn.protocol.clip, "bias_correction": qn.protocol.bias_correction,
+        "protocol": {"name": qn.protocol.name, "clip": qn.protocol.clip, "bias_correction": qn.protocol.bias_correction,
                      "per_channel": settings.per_channel, "calib_size": settings.calib_size,
                      "description": qn.protocol.description},
         "float_acc": measurer.float_accuracy(),

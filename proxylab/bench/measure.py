@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
@@ -66,34 +67,40 @@ class Measurer:
                                    protocol=spec.protocol, per_channel=spec.per_channel, calib_size=spec.calib_size)
         self.x, self.y = ds.test.x, ds.test.y
         self.mask_a = torch.from_numpy(half_mask(len(self.y), spec.halves_seed))
+        # apply() changes the network in place: a worker with several threads must not interleave two configs
+        self._lock = threading.Lock()
 
     def measure(self, bits: Sequence[int]) -> Tuple[float, float, float]:
-        self.qn.apply([int(b) for b in bits])
-        correct = self.qn.predict(self.x, batch_size=self.spec.batch_size).argmax(dim=1) == self.y
+        with self._lock:
+            self.qn.apply([int(b) for b in bits])
+            correct = self.qn.predict(self.x, batch_size=self.spec.batch_size).argmax(dim=1) == self.y
         n_a = int(self.mask_a.sum())
         hits_a = int(correct[self.mask_a].sum())
         hits = int(correct.sum())
         return hits / len(correct), hits_a / n_a, (hits - hits_a) / (len(correct) - n_a)
 
     def float_accuracy(self) -> float:
-        self.qn.restore_float()
-        return self.qn.evaluate(self.x, self.y, batch_size=self.spec.batch_size)
+        with self._lock:
+            self.qn.restore_float()
+            return self.qn.evaluate(self.x, self.y, batch_size=self.spec.batch_size)
 
 
 _CACHE: "OrderedDict[str, Measurer]" = OrderedDict()
 _CACHE_SIZE = 2
+_CACHE_LOCK = threading.Lock()
 
 
 def measurer_for(spec: MeasureSpec) -> Measurer:
     key = spec.key
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    m = Measurer(spec)
-    _CACHE[key] = m
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return m
+    with _CACHE_LOCK:  # threads of one worker build the network once, not once each
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        m = Measurer(spec)
+        _CACHE[key] = m
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return m
 
 
 def measure_batch(spec: MeasureSpec, jobs: List[Tuple[int, Tuple[int, ...]]]) -> List[Result]:

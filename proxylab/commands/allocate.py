@@ -32,6 +32,8 @@ class Allocate(Command):
         parser.add_argument("--protocol", help="PTQ protocol for --measure (default: the table's with --bench, else rtn)")
         parser.add_argument("--batch-size", type=int, default=64, help="calibration batch for the statistics (default 64)")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--act-max-elements", type=int, default=65536,
+                            help="activation values kept per layer (OMPQ needs >= 3 images' worth on wide layers)")
         parser.add_argument("--no-cache", action="store_true", help="recompute the statistics instead of using the cache")
         parser.add_argument("--out", help="folder to write allocation.json (the answer and the resolved arguments)")
 
@@ -162,6 +164,7 @@ def _stats(model, dataset, bits, args, hessian: bool):
     print(f"computing statistics on {args.batch_size} calibration images of {dataset.name}...", file=sys.stderr)
     return compute_stats(model, dataset.calib.x, dataset.calib.y, bit_choices=tuple(bits),
                          batch_size=args.batch_size, seed=args.seed, hessian=hessian,
+                         act_max_elements=args.act_max_elements,
                          cache_dir=None if args.no_cache else default_cache_dir())
 
 

@@ -87,7 +87,8 @@ class BenchBuild(Command):
         parser.add_argument("--out", required=True, help="output folder (resumed when it holds the same build)")
         parser.add_argument("--epochs", type=int, default=15, help="training epochs (ignored with --checkpoint)")
         parser.add_argument("--checkpoint", help="use a trained checkpoint folder (weights.pt + config.json)")
-        parser.add_argument("--protocol", default="rtn", help="PTQ protocol from proxylab.quant.PROTOCOLS")
+        parser.add_argument("--protocol", default="rtn", help="PTQ protocol from proxylab.quant.PROTOCOLS, or 'auto': try each on a few "
+                            "configurations and keep the one whose accuracies spread most reliably")
         parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
         parser.add_argument("--net-arg", action="append", default=[], metavar="KEY=VALUE",
                             help="network option, repeatable (e.g. --net-arg width=0.25 --net-arg stem=small)")

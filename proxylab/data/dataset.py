@@ -61,19 +61,26 @@ class Split:
             if not 0 <= n <= len(self):
                 raise ProxylabError(f"subset size {n} is outside 0..{len(self)} (the size of split '{self.name}')")
             return replace(self, x=self.x[:n], y=self.y[:n])
-        idx = torch.as_tensor(np.asarray(n_or_indices), dtype=torch.long).reshape(-1)
-        if len(idx) and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
+        arr = np.asarray(n_or_indices.cpu() if isinstance(n_or_indices, torch.Tensor) else n_or_indices)
+        if arr.dtype == bool:  # a boolean mask over the rows
+            if arr.shape != (len(self),):
+                raise ProxylabError(f"a boolean subset mask needs {len(self)} entries, got shape {arr.shape}")
+            arr = np.nonzero(arr)[0]
+        elif arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ProxylabError(f"subset takes an int, integer indices or a boolean mask, got {arr.dtype} values")
+        idx = torch.as_tensor(arr.astype(np.int64).reshape(-1))
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
             raise ProxylabError(f"subset indices must lie in 0..{len(self) - 1} for split '{self.name}'")
         return replace(self, x=self.x[idx], y=self.y[idx])
 
     def filter_classes(self, classes: Sequence[Union[int, str]], relabel: bool = True) -> "Split":
         """Only the rows of ``classes`` (indices or names). With relabel, class ``classes[i]`` becomes label i."""
-        keep = _resolve_classes(classes, self.class_names)
+        names = tuple(self.class_names) or tuple(str(i) for i in range(int(self.y.max()) + 1 if len(self) else 0))
+        keep = _resolve_classes(classes, names)
         mask = torch.isin(self.y, torch.tensor(keep, dtype=torch.long))
         y = self.y[mask]
-        names = tuple(self.class_names)
         if relabel:
-            lut = torch.full((max(len(names), int(self.y.max()) + 1 if len(self) else 1),), -1, dtype=torch.long)
+            lut = torch.full((len(names),), -1, dtype=torch.long)
             lut[torch.tensor(keep)] = torch.arange(len(keep))
             y = lut[y]
             names = tuple(names[k] for k in keep)
@@ -113,8 +120,8 @@ class Dataset:
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Back to the [0, 1] pixel scale (for plots and for probes that need raw pixels)."""
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return x * std + mean
 
     def filter_classes(self, classes: Sequence[Union[int, str]], relabel: bool = True) -> "Dataset":
@@ -124,8 +131,11 @@ class Dataset:
         ``get_dataset(sub.name)`` rebuilds it (e.g. a model trained on a class subset can be reloaded).
         """
         keep = _resolve_classes(classes, self.class_names)
-        parts = {k: s.filter_classes(keep, relabel) for k, s in self.splits().items()}
         prior = self.options.get("classes")
+        if prior is not None and self.options.get("keep_labels") and not set(keep) <= set(prior):
+            raise ProxylabError(f"classes {sorted(set(keep) - set(prior))} were filtered out already (this data set "
+                                f"keeps classes {prior})")
+        parts = {k: s.filter_classes(keep, relabel) for k, s in self.splits().items()}
         relabelled = prior is not None and not self.options.get("keep_labels", False)
         original = [prior[k] for k in keep] if relabelled else keep
         options = dict(self.options, classes=original, keep_labels=not relabel)

@@ -38,7 +38,8 @@ def resnet18(*, num_classes: int, in_channels: int = 3, image_size: int = 32, wi
     # timm's single-conv stem is always 64 wide; its "deep" stem is 2*stem_width wide, which lets the stem follow
     # `width`. The deep stem's three convs are then swapped for the one conv each stem choice wants.
     model = ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_chans=in_channels,
-                   channels=channels, stem_type="deep", stem_width=channels[0] // 2)
+                   channels=channels, stem_type="deep", stem_width=channels[0] // 2,
+                   zero_init_last=False)  # zero-init residual BNs slows the short schedules used here (see resnet_cifar)
     if stem == "imagenet":
         model.conv1 = nn.Conv2d(in_channels, channels[0], 7, 2, 3, bias=False)
     else:

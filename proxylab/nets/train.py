@@ -42,12 +42,24 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def resolve_augment(augment: str, data_name: str) -> str:
+def resolve_augment(augment: str, data_name: str, image_size: int = 32) -> str:
     require(augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}; got '{augment}'")
     if augment != "auto":
         return augment
     # Shifting an image changes its label when the label is where the object is; flips change digits' meaning.
-    return "none" if "position" in data_name else "crop"
+    # Below 16 px a one-pixel shift is already a large deformation: on 8x8 digits it cost 0.95 -> 0.73 test
+    # accuracy in a short run, so tiny images train unaugmented.
+    return "none" if ("position" in data_name or image_size < 16) else "crop"
+
+
+def resolve_device(device: Any) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ProxylabError(f"unknown device '{device}': use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ProxylabError(f"device '{device}' asked for, but torch sees no CUDA GPU here: use --device cpu")
+    return dev
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -92,12 +104,12 @@ def train_net(model: nn.Module, ds: Any, epochs: int, seed: int, batch_size: int
         x, y = x[keep], y[keep]
     num_classes = int(getattr(ds, "num_classes", int(y.max()) + 1))
     require(int(y.min()) >= 0 and int(y.max()) < num_classes, f"labels must lie in 0..{num_classes - 1}")
-    mode = resolve_augment(augment, str(getattr(ds, "name", "")))
+    mode = resolve_augment(augment, str(getattr(ds, "name", "")), int(x.shape[-1]))
     pad = max(1, x.shape[-1] // 8)
     peak = default_lr(batch_size) if lr is None else float(lr)
 
     torch.manual_seed(int(seed))  # anything inside the model that draws at train time (dropout, drop-path)
-    device = torch.device(device)
+    device = resolve_device(device)
     model.to(device)
     n = len(x)
     bs = min(batch_size, n)

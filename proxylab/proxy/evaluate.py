@@ -23,8 +23,6 @@ from proxylab.proxy.inputs import PreparedStats, prepare
 from proxylab.proxy.language import SCALAR_INPUTS, SIGNATURES, TENSOR_INPUTS
 from proxylab.proxy.parse import Node
 
-MAX_ELEMENTS = 50_000_000  # an intermediate larger than this is an invalid proxy, not an out-of-memory crash
-
 _OPS = {**ops.UNARY_T, **ops.BINARY_T, **ops.REDUCE, **ops.BINARY_S, **ops.UNARY_S}
 
 
@@ -81,8 +79,6 @@ def _run_layer(program: Program, prep: PreparedStats, layer: int) -> torch.Tenso
                 out = _OPS[step.name](*args)
             except ops.ShapeMismatch as e:
                 raise InvalidProxy(prep.layer_names[layer], step.name, str(e)) from None
-            if out.numel() > MAX_ELEMENTS:
-                raise InvalidProxy(prep.layer_names[layer], step.name, f"an intermediate of {out.numel()} values")
             if step.check and not bool(torch.isfinite(out).all()):
                 raise InvalidProxy(prep.layer_names[layer], step.name, "NaN/inf")
         vals[i] = out

@@ -14,7 +14,6 @@ import math
 import numpy as np
 import torch
 
-from proxylab.errors import ProxylabError
 from proxylab.proxy.core import BaseProxy, Proxy
 from proxylab.proxy.errors import InvalidProxy
 from proxylab.proxy.evaluate import bits_to_columns
@@ -176,9 +175,3 @@ class OMPQ(BaseProxy):
 
 KNOWN_PROXIES.add("ompq", OMPQ(), help=OMPQ.source)
 
-
-def get_known(name: str) -> BaseProxy:
-    proxy = KNOWN_PROXIES.get(name)
-    if not isinstance(proxy, BaseProxy):  # pragma: no cover - registry misuse
-        raise ProxylabError(f"known proxy '{name}' is not a proxy object")
-    return proxy

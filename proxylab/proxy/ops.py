@@ -14,8 +14,19 @@ import torch
 import torch.nn.functional as F
 
 
+MAX_ELEMENTS = 50_000_000  # a larger intermediate makes the proxy invalid instead of exhausting memory
+
+
 class ShapeMismatch(Exception):
-    """Two tensors a binary op cannot combine; the evaluator reports it as an invalid proxy."""
+    """Two tensors a binary op cannot combine (or only into a huge one); reported as an invalid proxy."""
+
+
+def _guard_size(batch: int, shape) -> None:
+    n = batch
+    for d in shape:
+        n *= int(d)
+    if n > MAX_ELEMENTS:
+        raise ShapeMismatch(f"the result would hold {n} values (limit {MAX_ELEMENTS})")
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +112,7 @@ def _align(x: torch.Tensor, y: torch.Tensor):
     for a, b in zip(x.shape[1:], y.shape[1:]):
         if a != b and a != 1 and b != 1:
             raise ShapeMismatch(shapes)
+    _guard_size(max(x.shape[0], y.shape[0]), [max(a, b) for a, b in zip(x.shape[1:], y.shape[1:])])
     return x, y
 
 
@@ -115,6 +127,7 @@ def _matmul(x, y):
         raise ShapeMismatch(
             f"matmul needs equal column counts: [{a.shape[1]}, {a.shape[2]}] @ [{b.shape[1]}, {b.shape[2]}].T"
         )
+    _guard_size(max(a.shape[0], b.shape[0]), (a.shape[1], b.shape[1]))
     return torch.matmul(a, b.transpose(1, 2))
 
 

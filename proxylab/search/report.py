@@ -31,7 +31,7 @@ def split_metrics(proxy, table, stats, split: str = "test") -> Dict[str, float]:
 
 
 def combine(values: Sequence[float], fitness: str) -> float:
-    vals = [v for v in values]
+    vals = list(values)
     if not vals or any(not math.isfinite(v) for v in vals):
         return math.nan
     return float(np.mean(vals)) if fitness == "mean" else float(np.min(vals))
@@ -56,9 +56,11 @@ def best_known(tables, stats, fitness: str = "mean") -> Tuple[Optional[str], flo
     return name, finite[name], scores
 
 
-def test_results(best_proxy, tables, stats, fitness: str = "mean") -> List[Dict[str, Any]]:
+def results_table(best_proxy, tables, stats, fitness: str = "mean") -> List[Dict[str, Any]]:
     """Rows for results.csv: per table, the searched proxy and every known proxy on the TEST split."""
     winner, _, select_scores = best_known(tables, stats, fitness)
+    select_scores["searched"] = combine(
+        [split_metrics(best_proxy, t, s, "select")["spearman"] for t, s in zip(tables, stats)], fitness)
     rows: List[Dict[str, Any]] = []
     candidates = [("searched", best_proxy)] + list(known_proxies().items())
     for t, st in zip(tables, stats):

@@ -105,12 +105,12 @@ class RunFolder:
         state.save(self.path, self.fingerprint)
 
     def write_outputs(self, search, tables, stats) -> None:
-        from proxylab.search.report import test_results
+        from proxylab.search.report import results_table
 
         atomic_write_text(self.path / "best_proxy.txt", search.best_formula_ + "\n")
         atomic_write_text(self.path / "hall_of_fame.csv", rows_to_csv(search.hall_of_fame_))
         atomic_write_text(self.path / "history.csv", rows_to_csv(search.history_))
-        results = test_results(search.best_proxy_, tables, stats, fitness=search.fitness)
+        results = results_table(search.best_proxy_, tables, stats, fitness=search.fitness)
         search.results_ = results
         atomic_write_text(self.path / "results.csv", rows_to_csv(results))
         atomic_write_json(self.path / "summary.json", {

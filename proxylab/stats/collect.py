@@ -79,8 +79,8 @@ def activations_and_grads(
 
 def empirical_fisher(
     model: nn.Module, layers: NamedLayers, x: torch.Tensor, y: torch.Tensor, chunk: int
-) -> List[torch.Tensor]:
-    """sum_i (dL_i/dW)^2 over the samples i, L_i the cross-entropy of sample i alone.
+) -> Tuple[List[torch.Tensor], str]:
+    """sum_i (dL_i/dW)^2 over the samples i, L_i the cross-entropy of sample i alone; returns (fisher, method).
 
     Per-sample gradients come from torch.func (vmap over grad), ``chunk`` samples at a time so memory stays
     at chunk x (number of weights). Models torch.func cannot trace fall back to one backward per sample.
@@ -88,9 +88,9 @@ def empirical_fisher(
     weight_names = [f"{name}.weight" for name, _ in layers]
     with eval_with_weight_grads(model, layers):
         try:
-            return _fisher_vmap(model, weight_names, x, y, chunk)
-        except (RuntimeError, NotImplementedError) as exc:  # noqa: F841 - e.g. data-dependent control flow
-            return _fisher_loop(model, layers, x, y)
+            return _fisher_vmap(model, weight_names, x, y, chunk), "vmap"
+        except (RuntimeError, NotImplementedError):  # e.g. data-dependent control flow in forward
+            return _fisher_loop(model, layers, x, y), "loop"
 
 
 def _fisher_vmap(model: nn.Module, weight_names: List[str], x, y, chunk: int) -> List[torch.Tensor]:
@@ -203,8 +203,9 @@ def hessian_scalars(
     tol: float,
     seed: int,
     trace_mode: str = "joint",
-) -> Tuple[List[float], List[float], List[float]]:
-    """Per layer: Hutchinson estimate of tr(H_ll), its standard error, and the dominant eigenvalue of H_ll,
+) -> Tuple[List[float], List[float], List[float], List[int]]:
+    """Per layer: Hutchinson estimate of tr(H_ll), its standard error, the dominant eigenvalue of H_ll and
+    the number of power iterations it took,
     where H_ll is the block of the mean cross-entropy's Hessian for that layer's weight alone.
 
     One forward and one create_graph backward serve every product. Traces:
@@ -220,6 +221,7 @@ def hessian_scalars(
     traces: List[float] = []
     errors: List[float] = []
     eigs: List[float] = []
+    used: List[int] = []
     with eval_with_weight_grads(model, layers):
         loss = F.cross_entropy(model(x), y)
         weights = [m.weight for _, m in layers]
@@ -236,10 +238,11 @@ def hessian_scalars(
                 tr, err = hutchinson_trace(hvp, w.shape, probes, gen)
                 traces.append(tr)
                 errors.append(err)
-            eig, _ = power_iteration(hvp, w.shape, iters, tol, gen)
+            eig, steps = power_iteration(hvp, w.shape, iters, tol, gen)
             eigs.append(eig)
+            used.append(steps)
         del grads, loss
-    return traces, errors, eigs
+    return traces, errors, eigs, used
 
 
 def _joint_traces(grads, weights, probes: int, gen: torch.Generator) -> Tuple[List[float], List[float]]:

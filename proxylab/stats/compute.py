@@ -81,12 +81,13 @@ def compute_stats(
     cache_dir: Union[str, os.PathLike, None] = None,
     act_images: int = 8,
     *,
-    act_max_elements: int = 65536,
+    act_max_elements: int = 32768,
     virtual: str = "synflow",
     hessian_probes: int = 16,
     hessian_iters: int = 20,
     hessian_tol: float = 1e-3,
     hessian_trace_mode: str = "joint",
+    hessian_batch: Optional[int] = None,
 ) -> NetworkStats:
     """Per-layer statistics of ``model`` on a calibration batch, in the forward order of
     proxylab.quant.quantizable_layers.
@@ -114,6 +115,8 @@ def compute_stats(
                     ``hessian_trace_mode="joint"`` (default) shares each probe's product across all layers
                     (one Hessian-vector product per probe for the whole network); "block" gives every layer
                     its own products (lower variance, about layers/2 times the cost).
+                    ``hessian_batch``: the Hessian of the loss on the first that many images of the batch
+                    (None: the whole batch); its cost grows linearly with it.
       hessian_eig   dominant eigenvalue of H_ll (largest |lambda|, signed) by power iteration, at most
                     ``hessian_iters`` products, stopping at relative change < ``hessian_tol``.
     Probes and start vectors are seeded from ``seed``. ``hessian=False`` skips the last two (the costly part).
@@ -132,7 +135,10 @@ def compute_stats(
     if hessian:
         hessian_probes = _positive_int("hessian_probes", hessian_probes)
         hessian_iters = _positive_int("hessian_iters", hessian_iters)
-        require(float(hessian_tol) >= 0, f"hessian_tol must be >= 0, got {hessian_tol!r}")
+        require(isinstance(hessian_tol, (int, float, np.floating)) and not isinstance(hessian_tol, bool)
+                and hessian_tol >= 0, f"hessian_tol must be a number >= 0, got {hessian_tol!r}")
+        if hessian_batch is not None:
+            hessian_batch = _positive_int("hessian_batch", hessian_batch)
         require(hessian_trace_mode in TRACE_MODES,
                 f"hessian_trace_mode must be one of {', '.join(TRACE_MODES)}, got {hessian_trace_mode!r}")
     xb, yb = _calibration_batch(x, y, batch_size, int(seed))
@@ -142,7 +148,8 @@ def compute_stats(
                "hessian": bool(hessian)}
     if hessian:
         options.update(hessian_probes=hessian_probes, hessian_iters=hessian_iters, hessian_tol=float(hessian_tol),
-                       hessian_trace_mode=hessian_trace_mode)
+                       hessian_trace_mode=hessian_trace_mode,
+                       hessian_batch=min(hessian_batch or len(xb), len(xb)))
     key = stats_cache.cache_key({
         "model": state_dict_digest(model), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "batch": stats_cache.tensors_sha256(xb, yb), "batch_size": batch_size, "seed": int(seed), **options,
@@ -187,7 +194,7 @@ def _compute(model, xb, yb, bits, seed, hessian, options, key) -> NetworkStats:
     t0 = time.perf_counter()
     n_weights = sum(m.weight.numel() for _, m in layers)
     chunk = max(1, min(len(xb), FISHER_CHUNK_BYTES // (4 * n_weights)))
-    fisher = empirical_fisher(model, layers, xb, yb, chunk)
+    fisher, fisher_method = empirical_fisher(model, layers, xb, yb, chunk)
     seconds["fisher"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -196,15 +203,18 @@ def _compute(model, xb, yb, bits, seed, hessian, options, key) -> NetworkStats:
 
     scalars: Dict[str, Any] = {}
     meta: Dict[str, Any] = {"key": key, "batch_size": len(xb), "seed": seed, "loss": loss,
-                            "virtual_grad_log2_scale": log2_scale, "torch": torch.__version__, **options}
+                            "virtual_grad_log2_scale": log2_scale,
+                            "fisher_method": fisher_method, "torch": str(torch.__version__), **options}
     if hessian:
         t0 = time.perf_counter()
-        traces, errors, eigs = hessian_scalars(
-            model, layers, xb, yb, options["hessian_probes"], options["hessian_iters"], options["hessian_tol"], seed,
-            trace_mode=options["hessian_trace_mode"])
+        hb = options["hessian_batch"]
+        traces, errors, eigs, used = hessian_scalars(
+            model, layers, xb[:hb], yb[:hb], options["hessian_probes"], options["hessian_iters"],
+            options["hessian_tol"], seed, trace_mode=options["hessian_trace_mode"])
         seconds["hessian"] = time.perf_counter() - t0
         scalars = {"hessian_trace": traces, "hessian_eig": eigs}
         meta["hessian_trace_stderr"] = errors
+        meta["hessian_eig_iters"] = used
     meta["seconds"] = seconds
 
     weights = [m.weight.detach().to(torch.float32).clone() for _, m in layers]

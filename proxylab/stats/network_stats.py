@@ -15,6 +15,7 @@ Layers are indexed by position (forward order of proxylab.quant.quantizable_laye
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -160,7 +161,8 @@ class NetworkStats:
             "macs": [int(m) for m in self.macs],
             "tensors": {k: [t.detach().cpu().contiguous() for t in ts] for k, ts in self._tensors.items()},
             "scalars": {k: [float(x) for x in v] for k, v in self._scalars.items()},
-            "meta": dict(self.meta),
+            # through JSON so only plain types reach the file (weights_only loading refuses anything else)
+            "meta": json.loads(json.dumps(self.meta, default=str)),
         }
 
     @classmethod

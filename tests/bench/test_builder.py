@@ -21,6 +21,15 @@ from proxylab.errors import ProxylabError
 DATA = "digits"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the machine is shared: one torch thread per process is faster than two fighting for the cores
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from proxylab.data import get_dataset
@@ -111,12 +120,30 @@ def test_a_calibrated_protocol_is_recorded_and_changes_the_accuracies(checkpoint
     assert (rtn.bits == bc.bits).all() and not (rtn.acc == bc.acc).all()
 
 
+def test_auto_protocol_keeps_the_most_reliable_one_and_its_trial_rows(checkpoint, tmp_path):
+    from proxylab.bench.builder import reliability
+    from proxylab.quant import PROTOCOLS
+
+    auto = build_table(tmp_path / "auto", _settings(checkpoint, n=5, protocol="auto"), progress=False)
+    trial = auto.meta["protocol_trial"]
+    assert [t["protocol"] for t in trial] == PROTOCOLS.names()
+    chosen = max(trial, key=lambda t: t["reliability"])["protocol"]
+    assert auto.meta["protocol"]["name"] == chosen and auto.meta["protocol"]["requested"] == "auto"
+    explicit = build_table(tmp_path / "explicit", _settings(checkpoint, n=5, protocol=chosen), progress=False)
+    assert (tmp_path / "auto" / fmt.TABLE_FILE).read_bytes() == (tmp_path / "explicit" / fmt.TABLE_FILE).read_bytes()
+    sampled = explicit.acc[3:]
+    assert [t for t in trial if t["protocol"] == chosen][0]["reliability"] == round(reliability(sampled, 500), 4)
+    # reliability itself: constant accuracies carry no signal; a wide spread over 500 images is almost all signal
+    assert reliability(np.full(5, 0.9), 500) == 0.0
+    assert reliability(np.linspace(0.1, 0.9, 20), 500) > 0.98
+
+
 def test_killed_build_resumes_with_every_row_exactly_once(checkpoint, tmp_path):
-    n = 150
+    n = 40
     reference = build_table(tmp_path / "ref", _settings(checkpoint, n=n), progress=False)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "proxylab.cli", "bench", "build", "--checkpoint", str(checkpoint), "--data", DATA,
-           "--n", str(n), "--seed", "0", "--out", str(out), "--no-progress"]
+           "--n", str(n), "--seed", "0", "--out", str(out), "--no-progress", "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     rows_at_kill = 0
     deadline = time.time() + 120

@@ -43,8 +43,14 @@ def test_plan_samples_uniformly_over_the_space():
 
 
 def test_plan_for_a_large_space_uses_rejection_sampling():
-    plan = plan_configs(40, (2, 3, 4), 50, seed=3)
-    assert len(set(plan)) == 53 and plan == plan_configs(40, (2, 3, 4), 50, seed=3)
+    plan = plan_configs(40, (2, 3, 4), 500, seed=3)
+    assert len(set(plan)) == 503 and plan == plan_configs(40, (2, 3, 4), 500, seed=3)
+
+
+@pytest.mark.parametrize("n_layers", [5, 40])
+def test_a_smaller_plan_is_the_prefix_of_a_larger_one(n_layers):
+    # the protocol trial measures the first rows of the plan and keeps them
+    assert plan_configs(n_layers, (2, 3, 4), 200, 0)[:27] == plan_configs(n_layers, (2, 3, 4), 24, 0)
 
 
 def _write_rows(path, plan, ids):

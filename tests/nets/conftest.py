@@ -10,7 +10,7 @@ import torch
 
 
 def make_split(x: torch.Tensor, y: torch.Tensor) -> SimpleNamespace:
-    return SimpleNamespace(x=x, y=y, __len__=lambda: len(y))
+    return SimpleNamespace(x=x, y=y)
 
 
 def digits_dataset(n_train: int = 300, n_test: int = 200, seed: int = 0) -> SimpleNamespace:

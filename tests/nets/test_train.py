@@ -27,13 +27,13 @@ def test_training_learns_far_above_chance(tiny_digits):
     torch.manual_seed(0)
     model = create_net("resnet20", 10, in_channels=1, image_size=8, width=0.5)
     before = evaluate(model, tiny_digits.test.x, tiny_digits.test.y)
-    result = train_net(model, tiny_digits, epochs=6, seed=0, batch_size=32, progress=False)
+    result = train_net(model, tiny_digits, epochs=8, seed=0, batch_size=32, lr=0.1, progress=False)
     assert result["test_acc"] > 0.8 > before + 0.3  # chance is 0.1 on 10 balanced classes
     assert result["test_acc"] == evaluate(model, tiny_digits.test.x, tiny_digits.test.y)
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < losses[0] / 2
-    assert len(result["epoch_seconds"]) == 6 and result["seconds"] > 0
-    assert result["train_size"] == 300 and result["augment"] == "crop"
+    assert len(result["epoch_seconds"]) == 8 and result["seconds"] > 0
+    assert result["train_size"] == 300 and result["augment"] == "none"
 
 
 def test_evaluate_matches_a_plain_argmax_oracle(tiny_digits):
@@ -43,7 +43,7 @@ def test_evaluate_matches_a_plain_argmax_oracle(tiny_digits):
     x, y = tiny_digits.test.x, tiny_digits.test.y
     model.eval()
     with torch.no_grad():
-        expected = (model(x).argmax(1) == y).float().mean().item()
+        expected = int((model(x).argmax(1) == y).sum()) / len(y)
     model.train()
     acc = evaluate(model, x, y, batch_size=7)  # ragged batches must not change the answer
     assert acc == pytest.approx(expected, abs=1e-12)
@@ -65,14 +65,16 @@ def test_random_crop_is_a_shift_of_the_replicate_padded_image():
 def test_random_hflip_flips_about_half():
     x = torch.randn(400, 1, 4, 4)
     out = random_hflip(x, torch.Generator().manual_seed(0))
-    flipped = torch.stack([torch.equal(o, a.flip(2)) for o, a in zip(out, x)])
-    kept = torch.stack([torch.equal(o, a) for o, a in zip(out, x)])
+    flipped = torch.tensor([torch.equal(o, a.flip(2)) for o, a in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, a) for o, a in zip(out, x)])
     assert bool((flipped | kept).all()) and 150 < int(flipped.sum()) < 250
 
 
 def test_augment_auto_never_shifts_position_labels():
-    assert resolve_augment("auto", "shapes-position") == "none"
-    assert resolve_augment("auto", "mnist5k") == "crop"
+    assert resolve_augment("auto", "shapes-position", 32) == "none"
+    assert resolve_augment("auto", "mnist5k", 28) == "crop"
+    assert resolve_augment("auto", "digits", 8) == "none"
+    assert resolve_augment("crop", "digits", 8) == "crop"
     with pytest.raises(ProxylabError, match="augment"):
         resolve_augment("mixup", "digits")
 
@@ -86,9 +88,11 @@ def test_bad_training_arguments_are_user_errors(tiny_digits, bad):
 
 
 def test_divergence_is_reported_not_silently_saved(tiny_digits):
-    model = create_net("vgg_small", 10, 1, 8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.fill_(float("inf"))  # what a blown-up run looks like: non-finite logits and loss
     with pytest.raises(ProxylabError, match="diverged"):
-        train_net(model, tiny_digits, epochs=2, seed=0, lr=1e6, progress=False, limit=64)
+        train_net(model, tiny_digits, epochs=1, seed=0, progress=False, limit=64)
 
 
 def test_evaluate_rejects_mismatched_labels(tiny_digits):

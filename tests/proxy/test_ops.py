@@ -138,3 +138,13 @@ def test_invalid_by_definition():
     assert torch.isinf(ops.UNARY_T["invert"](torch.tensor([[0.0, 1.0]]))).any()
     assert torch.isinf(ops.UNARY_T["exp"](torch.tensor([[1000.0]]))).all()
     assert torch.isinf(ops.BINARY_S["sdiv"](torch.tensor([1.0]), torch.tensor([0.0]))).all()
+
+
+def test_huge_broadcast_is_refused_before_allocating(monkeypatch):
+    monkeypatch.setattr(ops, "MAX_ELEMENTS", 1000)
+    col, row = torch.zeros(3, 100, 1), torch.zeros(1, 100)
+    with pytest.raises(ops.ShapeMismatch, match="30000 values"):
+        ops.BINARY_T["add"](col, row)
+    with pytest.raises(ops.ShapeMismatch, match="values"):
+        ops.BINARY_T["matmul"](torch.zeros(1, 50, 4), torch.zeros(3, 60, 4))
+    assert ops.BINARY_T["add"](torch.zeros(3, 10, 1), torch.zeros(1, 10)).shape == (3, 10, 10)

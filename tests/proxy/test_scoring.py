@@ -153,3 +153,21 @@ def test_vectorised_is_much_faster_than_naive(stats):
     _naive_all(p, stats, bits[:20])
     slow = (time.perf_counter() - t0) * 10
     assert slow / fast > 20, f"vectorised {fast * 1e3:.1f} ms vs naive {slow * 1e3:.1f} ms for 200 configs"
+
+
+def test_prepared_inputs_are_cached_and_released(stats):
+    import gc
+
+    import torch
+
+    from proxylab.proxy import inputs
+
+    copy = NetworkStats.from_dict(stats.to_dict())
+    p = parse_proxy("mean_layers(mean(abs(bW)))")
+    p.layer_table(copy)
+    assert inputs.prepare(copy) is inputs.prepare(copy)  # converted once, reused by every candidate
+    key = (id(copy), torch.float64)
+    assert key in inputs._PREPARED
+    del copy
+    gc.collect()
+    assert key not in inputs._PREPARED  # the cache never keeps stats alive

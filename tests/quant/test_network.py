@@ -48,9 +48,20 @@ def data():
     return torch.randn(80, 3, 8, 8, generator=g), torch.randn(40, 3, 8, 8, generator=g)
 
 
-def oracle(model, calib, bits, act_bits=8, per_channel=True, clip="max"):
-    """A fresh copy quantized layer by layer; activation ranges from numpy min/max on the float copy."""
+FOLDS = [("stem", "bn0"), ("c1", "bn1")]
+
+
+def oracle(model, calib, bits, act_bits=8, per_channel=True, clip="max", fold=True):
+    """A fresh copy, BN folded by hand, quantized layer by layer; activation ranges from numpy min/max."""
     ref = copy.deepcopy(model).eval()
+    if fold:
+        with torch.no_grad():
+            for conv_name, bn_name in FOLDS:
+                conv, bn = getattr(ref, conv_name), getattr(ref, bn_name)
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                conv.weight.data = conv.weight * scale.view(-1, 1, 1, 1)
+                conv.bias = nn.Parameter((torch.zeros_like(bn.running_mean) - bn.running_mean) * scale + bn.bias)
+                setattr(ref, bn_name, nn.Identity())
     layers = quantizable_layers(ref, calib[:1])
     ranges = {}
 
@@ -104,8 +115,71 @@ def test_apply_then_apply_again_leaves_no_residue(model, data):
         qn.apply((2, 2, 3, 3, 4))
         assert torch.equal(qn.predict(x), run(oracle(model, calib, (2, 2, 3, 3, 4)), x))
     qn.restore_float()
-    assert torch.equal(qn.predict(x), run(model, x))
+    torch.testing.assert_close(qn.predict(x), run(model, x), atol=1e-5, rtol=1e-5)  # folded BN: rounding only
     assert qn.current_bits is None
+
+
+def test_without_folding(model, data):
+    calib, x = data
+    qn = QuantizedNetwork(model, calib, channels_last=False, fold_bn=False)
+    assert qn.folded_bn == []
+    qn.apply(CONFIGS[1])
+    assert torch.equal(qn.predict(x), run(oracle(model, calib, CONFIGS[1], fold=False), x))
+    qn.restore_float()
+    assert torch.equal(qn.predict(x), run(model, x))
+    folded = QuantizedNetwork(model, calib, channels_last=False)
+    assert folded.folded_bn == ["bn0", "bn1"]
+    folded.apply(CONFIGS[1])
+    qn.apply(CONFIGS[1])
+    # per-channel quantization commutes with the per-channel BN scale: same network up to rounding
+    torch.testing.assert_close(folded.predict(x), qn.predict(x), atol=1e-4, rtol=1e-4)
+
+
+class RawOutputReused(nn.Module):
+    """The conv's raw output is used beside its BN: folding would change the function."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc((self.bn(y) + y).mean(dim=(2, 3)))
+
+
+class BNAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: the activation lives inside the BN module."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def test_fold_is_undone_when_it_would_change_the_function(data):
+    calib, x = data
+    torch.manual_seed(0)
+    model = RawOutputReused().eval()
+    with torch.no_grad():
+        model.bn.running_var.fill_(3.0)
+        model.bn.running_mean.fill_(0.5)
+    qn = QuantizedNetwork(model, calib, channels_last=False)
+    assert qn.folded_bn == []
+    assert torch.equal(qn.predict(x), run(model, x))
+
+
+def test_fold_keeps_a_bn_subclass_that_does_more(data):
+    calib, x = data
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), BNAct(4), nn.Flatten(), nn.LazyLinear(2))
+    run(model, x)
+    model.eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    qn = QuantizedNetwork(model, calib, channels_last=False)
+    assert qn.folded_bn == ["1"] and isinstance(qn.model[1], BNAct)
+    torch.testing.assert_close(qn.predict(x), run(model, x), atol=1e-5, rtol=1e-5)
 
 
 def test_original_model_untouched(model, data):
@@ -136,10 +210,10 @@ def test_float_activations_and_per_tensor(model, data):
 
 def test_mse_protocol_and_lazy_bits(model, data):
     calib, x = data
-    qn = QuantizedNetwork(model, calib, protocol="mse", bit_choices=(2, 4), channels_last=False)
+    qn = QuantizedNetwork(model, calib, protocol="mse", bit_choices=(2, 4), channels_last=False, fold_bn=False)
     bits = (6, 2, 5, 4, 3)  # 6, 5, 3 were not precomputed: quantized on first use
     qn.apply(bits)
-    assert torch.equal(qn.predict(x), run(oracle(model, calib, bits, clip="mse"), x))
+    assert torch.equal(qn.predict(x), run(oracle(model, calib, bits, clip="mse", fold=False), x))
     assert torch.equal(qn.layers[0].weight, quantize_weight(model.stem.weight, 6, clip="mse"))
 
 
@@ -173,7 +247,7 @@ def _mean_out(module, x, w, b):
 @pytest.mark.parametrize("protocol, corrected", [("bias_correction", True), ("mse", False)])
 def test_bias_correction_restores_mean_output(model, data, protocol, corrected):
     calib, _ = data
-    qn = QuantizedNetwork(model, calib, protocol=protocol, channels_last=False)
+    qn = QuantizedNetwork(model, calib, protocol=protocol, channels_last=False, fold_bn=False)
     qn.apply((2, 2, 2, 2, 2))
     layers, ins = _layer_io(model, calib)
     gaps = []

@@ -13,7 +13,7 @@ from proxylab.errors import ProxylabError
 from proxylab.search import ProxySearch
 
 CONFIG = dict(space="emq", pop=10, seed=0, checkpoint_every=3)
-ITERS = 150
+ITERS = 60
 SCRIPT = """
 import pickle, sys, torch
 torch.set_num_threads(1)

@@ -64,3 +64,12 @@ def batch_order():
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
     return order
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors run far faster on one thread when the cores are shared; the setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -71,6 +71,9 @@ def test_key_follows_weights_seed_batch_and_options(tiny, data, tmp_path, tiny_f
     }
     assert len(keys) == 8
     assert len(entries(tmp_path)) == 8
+    # one sample: every seed draws the same batch, only the Hessian probes differ
+    one = [compute_stats(tiny, x[:1], y[:1], seed=s, **KW).key for s in (0, 1)]
+    assert one[0] != one[1]
     # bit choices only change the qerr made from the stored weight: same entry, no recompute
     other_bits = compute_stats(tiny, x, y, cache_dir=tmp_path, bit_choices=(4, 8), seed=1, **KW)
     assert other_bits.meta["cache_hit"] and other_bits.bit_choices == (4, 8)

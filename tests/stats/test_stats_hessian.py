@@ -112,3 +112,54 @@ def test_hessian_false_skips_scalars_with_clear_message(tiny, data):
     assert not st.has_hessian
     with pytest.raises(ProxylabError, match="hessian=True"):
         st.scalar(0, "hessian_trace")
+
+
+def _graph(net, x, y):
+    net.eval()
+    weights = [getattr(net, n).weight for n in LAYERS]
+    loss = F.cross_entropy(net(x), y)
+    return weights, torch.autograd.grad(loss, weights, create_graph=True)
+
+
+def test_block_products_are_exact_hessian_block_times_vector(tiny, data):
+    from proxylab.stats.hessian import block_hvp
+
+    x, y = data
+    h, blocks = exact_hessian(tiny, x, y)
+    weights, grads = _graph(tiny, x, y)
+    g = torch.Generator().manual_seed(7)
+    for l, (w, gr) in enumerate(zip(weights, grads)):
+        v = torch.randn(w.shape, generator=g)
+        got = block_hvp(gr, w)(v).reshape(-1).double()
+        torch.testing.assert_close(got, h[blocks[l], blocks[l]] @ v.reshape(-1).double(), rtol=1e-4, atol=1e-6)
+
+
+def test_joint_traces_are_the_quadratic_forms_of_their_probes(tiny, data):
+    from proxylab.stats.collect import _joint_traces
+    from proxylab.stats.hessian import rademacher
+
+    x, y = data
+    h, blocks = exact_hessian(tiny, x, y)
+    weights, grads = _graph(tiny, x, y)
+    means, errors = _joint_traces(list(grads), weights, 5, torch.Generator().manual_seed(11))
+    replay = torch.Generator().manual_seed(11)  # same draws, same order: one vector per layer per probe
+    values = []
+    for _ in range(5):
+        v = torch.cat([rademacher(w.shape, replay).reshape(-1) for w in weights]).double()
+        hv = h @ v
+        values.append([float(v[b] @ hv[b]) for b in blocks])
+    values = torch.tensor(values)
+    torch.testing.assert_close(torch.tensor(means), values.mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(errors), values.std(0) / math.sqrt(5), rtol=1e-3, atol=1e-6)
+
+
+def test_hessian_batch_is_the_head_of_the_calibration_batch(tiny, data):
+    x, y = data
+    kw = dict(hessian_probes=3, hessian_iters=6, seed=2)
+    head = compute_stats(tiny, x, y, batch_size=16, hessian_batch=5, **kw)
+    alone = compute_stats(tiny, x, y, batch_size=5, **kw)  # same seed: the same first five images
+    assert head.meta["hessian_batch"] == 5 and head.key != alone.key
+    assert head.scalars("hessian_trace").tolist() == alone.scalars("hessian_trace").tolist()
+    assert head.scalars("hessian_eig").tolist() == alone.scalars("hessian_eig").tolist()
+    whole = compute_stats(tiny, x, y, batch_size=16, **kw)
+    assert whole.scalars("hessian_eig").tolist() != head.scalars("hessian_eig").tolist()

@@ -1,0 +1,123 @@
+"""How fast a bench build can score configurations: configs per minute against plain forwards per minute.
+
+ResNet-20 on 1000 mnist5k test images. One "config" = apply a random per-layer weight configuration over
+{2,3,4} (8-bit activations, rtn protocol) + evaluate top-1 accuracy on the images. One "forward" = the plain
+float network (no quantization, no BN folding) run over the same images with the same batch size, in
+whichever memory format is faster for it (both are timed), so the ratio is not flattered by a slow baseline.
+The two are timed in interleaved rounds and the medians reported, because the machine is shared and noisy.
+
+    python benchmarks/quant_speed.py [--rounds 7] [--per-round 3] [--epochs 4]
+
+Writes benchmarks/results/quant_speed.csv: net, images, configs_per_min, forward_per_min, ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results" / "quant_speed.csv"
+TABLE = "resnet20-mnist5k"
+
+
+def reference_network(epochs: int, seed: int):
+    """The shipped table's trained ResNet-20 when present, else one trained here for a few epochs."""
+    import proxylab.bench
+    from proxylab.data import get_dataset
+    from proxylab.nets import create_net, train_net
+
+    shipped = Path(proxylab.bench.__file__).parent / "shipped" / TABLE
+    if (shipped / "table.csv").exists():
+        from proxylab.bench import load_table
+
+        model, ds, _ = load_table(TABLE).load_network()
+        return model.eval(), ds, f"shipped {TABLE}"
+    ds = get_dataset("mnist5k", seed=seed)
+    model = create_net("resnet20", num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size)
+    print(f"no shipped {TABLE} table: training resnet20 for {epochs} epochs...", file=sys.stderr)
+    result = train_net(model, ds, epochs=epochs, seed=seed, progress=False)
+    return model.eval(), ds, f"trained here ({epochs} epochs, test acc {result['test_acc']:.3f})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=3, help="configs (and forwards) timed per round")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs when no shipped network exists")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+
+    from proxylab.quant import QuantizedNetwork
+
+    model, ds, source = reference_network(args.epochs, args.seed)
+    x, y = ds.test.x[: args.images], ds.test.y[: args.images]
+    qn = QuantizedNetwork(model, ds.train.x, bit_choices=(2, 3, 4), act_bits=8, protocol="rtn")
+    plain = {"contiguous": copy.deepcopy(model).eval(),
+             "channels_last": copy.deepcopy(model).eval().to(memory_format=torch.channels_last)}
+    rng = np.random.default_rng(args.seed)
+
+    def forward(variant: str) -> None:
+        net = plain[variant]
+        with torch.inference_mode():
+            for start in range(0, len(x), args.batch_size):
+                xb = x[start : start + args.batch_size]
+                if variant == "channels_last":
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                net(xb)
+
+    accs = []
+
+    def config() -> None:
+        qn.apply(rng.choice(qn.bit_choices, size=len(qn)))
+        accs.append(qn.evaluate(x, y, batch_size=args.batch_size))
+
+    def per_minute(fn) -> float:
+        start = time.perf_counter()
+        for _ in range(args.per_round):
+            fn()
+        return 60.0 * args.per_round / (time.perf_counter() - start)
+
+    config(), forward("contiguous"), forward("channels_last")  # warm-up: allocator, oneDNN primitives
+    rates = {"configs": [], "contiguous": [], "channels_last": []}
+    for _ in range(args.rounds):
+        rates["configs"].append(per_minute(config))
+        rates["contiguous"].append(per_minute(lambda: forward("contiguous")))
+        rates["channels_last"].append(per_minute(lambda: forward("channels_last")))
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    baseline = max(("contiguous", "channels_last"), key=lambda k: med[k])
+    ratio = med["configs"] / med[baseline]
+
+    row = {"net": "resnet20", "images": len(x), "configs_per_min": round(med["configs"], 1),
+           "forward_per_min": round(med[baseline], 1), "ratio": round(ratio, 3)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+
+    print(f"network: {source}; {len(qn)} quantized layers, BN folded: {len(qn.folded_bn)}")
+    print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
+          f"{args.rounds} rounds x {args.per_round}")
+    for k, v in rates.items():
+        print(f"  {k:>14}/min: median {med[k]:7.1f}  (rounds: {', '.join(f'{r:.1f}' for r in v)})")
+    print(f"configs/min {med['configs']:.1f} vs plain forwards/min {med[baseline]:.1f} ({baseline}): "
+          f"ratio {ratio:.3f}")
+    print(f"accuracy of the {len(accs)} random configs: min {min(accs):.3f} median {np.median(accs):.3f} "
+          f"max {max(accs):.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
