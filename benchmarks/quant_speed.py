@@ -6,7 +6,7 @@ float network (no quantization, no BN folding) run over the same images with the
 whichever memory format is faster for it (both are timed), so the ratio is not flattered by a slow baseline.
 The two are timed in interleaved rounds and the medians reported, because the machine is shared and noisy.
 
-    python benchmarks/quant_speed.py [--rounds 7] [--per-round 3] [--epochs 4]
+    python benchmarks/quant_speed.py [--rounds 7] [--per-round 3] [--epochs 4] [--checkpoint DIR]
 
 Writes benchmarks/results/quant_speed.csv: net, images, configs_per_min, forward_per_min, ratio.
 """
@@ -27,12 +27,15 @@ RESULTS = Path(__file__).resolve().parent / "results" / "quant_speed.csv"
 TABLE = "resnet20-mnist5k"
 
 
-def reference_network(epochs: int, seed: int):
-    """The shipped table's trained ResNet-20 when present, else one trained here for a few epochs."""
+def reference_network(epochs: int, seed: int, checkpoint=None):
+    """A given checkpoint, else the shipped table's trained ResNet-20, else one trained here for a few epochs."""
     import proxylab.bench
     from proxylab.data import get_dataset
-    from proxylab.nets import create_net, train_net
+    from proxylab.nets import create_net, load_checkpoint, train_net
 
+    if checkpoint:
+        model, config = load_checkpoint(checkpoint)
+        return model.eval(), get_dataset(config["data"], seed=seed), f"checkpoint {checkpoint}"
     shipped = Path(proxylab.bench.__file__).parent / "shipped" / TABLE
     if (shipped / "table.csv").exists():
         from proxylab.bench import load_table
@@ -53,13 +56,14 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4, help="training epochs when no shipped network exists")
+    parser.add_argument("--checkpoint", help="a resnet20 mnist5k checkpoint folder to use instead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
     from proxylab.quant import QuantizedNetwork
 
-    model, ds, source = reference_network(args.epochs, args.seed)
+    model, ds, source = reference_network(args.epochs, args.seed, args.checkpoint)
     x, y = ds.test.x[: args.images], ds.test.y[: args.images]
     qn = QuantizedNetwork(model, ds.train.x, bit_choices=(2, 3, 4), act_bits=8, protocol="rtn")
     plain = {"contiguous": copy.deepcopy(model).eval(),

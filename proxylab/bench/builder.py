@@ -29,6 +29,7 @@ from proxylab.utils import atomic_write_json, atomic_write_text, sha256_file
 ENUMERATE_LIMIT = 2_000_000  # below this many configurations, sample codes without replacement directly
 AUTO_PROTOCOL = "auto"
 TRIAL_CONFIGS = 24
+MIN_RELIABILITY = 0.9
 
 
 def reliability(acc: np.ndarray, n_test: int) -> float:
@@ -41,9 +42,18 @@ def reliability(acc: np.ndarray, n_test: int) -> float:
     return float(1.0 - np.mean(acc * (1 - acc) / n_test) / var)
 
 
+def pick_protocol(trial: List[Dict[str, Any]], min_reliability: float = MIN_RELIABILITY) -> str:
+    """Among protocols whose accuracies are reliable enough to rank, the one that keeps the typical sampled
+    configuration most accurate (furthest from collapsing to chance); if none is reliable, the most reliable."""
+    reliable = [t for t in trial if t["reliability"] >= min_reliability]
+    if reliable:
+        return max(reliable, key=lambda t: (t["sampled_median"], t["reliability"]))["protocol"]
+    return max(trial, key=lambda t: t["reliability"])["protocol"]
+
+
 def _choose_protocol(spec_for, settings: "BuildSettings", log):
-    """Measure every registered protocol on the plan's first configurations; keep the one whose accuracies
-    spread most reliably (neither all collapsed to chance nor all equal to float)."""
+    """Measure every registered protocol on the plan's first configurations and pick one (``pick_protocol``):
+    accuracies must spread reliably (not all equal to float) without collapsing to chance."""
     from proxylab.bench.measure import Measurer
     from proxylab.quant import PROTOCOLS
 
@@ -58,11 +68,12 @@ def _choose_protocol(spec_for, settings: "BuildSettings", log):
         sampled = acc[len(settings.bits):]
         rel = reliability(sampled if len(sampled) > 2 else acc, len(m.y))
         trial.append({"protocol": name, "configs": len(plan), "reliability": round(rel, 4),
+                      "sampled_median": float(np.median(sampled if len(sampled) else acc)),
                       "acc_min": float(acc.min()), "acc_median": float(np.median(acc)), "acc_max": float(acc.max()),
                       "uniform_acc": [float(a) for a in acc[:len(settings.bits)]]})
         rows_by_protocol[name] = rows
         log(f"protocol trial {name}: reliability {rel:.3f}, accuracy {acc.min():.3f}..{acc.max():.3f}")
-    best = max(trial, key=lambda t: t["reliability"])["protocol"]
+    best = pick_protocol(trial)
     log(f"protocol auto -> {best}")
     return best, trial, rows_by_protocol[best]
 
@@ -261,7 +272,7 @@ def _prepare_network(out: Path, settings: BuildSettings, meta: Optional[Dict[str
 
 
 def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: bool = True, batch_size: int = 500,
-                chunk: int = 4, log: Callable[[str], None] = stderr_log) -> BenchTable:
+                chunk: int = 4, log: Callable[[str], None] = stderr_log, scheduler_timeout: float = 20.0) -> BenchTable:
     """Build (or resume, or just open when finished) the table in ``out``. ``scheduler`` is a Dask scheduler
     address or a ``dask.distributed`` cluster / Client; None measures in this process."""
     out = Path(out)
@@ -327,7 +338,7 @@ def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: b
         else:
             from proxylab.bench.distributed import measure_on_cluster
 
-            measure_on_cluster(scheduler, spec, jobs, record, chunk=chunk)
+            measure_on_cluster(scheduler, spec, jobs, record, chunk=chunk, timeout=scheduler_timeout)
     seconds = time.perf_counter() - start
     return _finish(out, plan, meta, seconds, len(todo), scheduler, log)
 

@@ -12,7 +12,7 @@ from proxylab.bench.measure import MeasureSpec, Result, measure_batch
 from proxylab.errors import MissingDependencyError, ProxylabError
 
 
-def _client(scheduler: Any):
+def _client(scheduler: Any, timeout: float):
     try:
         from dask.distributed import Client
     except ImportError:
@@ -21,19 +21,19 @@ def _client(scheduler: Any):
     if isinstance(scheduler, Client):
         return scheduler, False
     try:
-        return Client(scheduler, timeout="20s"), True
+        return Client(scheduler, timeout=f"{timeout}s"), True
     except (OSError, TimeoutError) as e:
         raise ProxylabError(f"cannot reach the Dask scheduler at {scheduler} ({type(e).__name__}: {e}); "
                             "start one with `dask scheduler` and workers with `dask worker ADDRESS`") from None
 
 
 def measure_on_cluster(scheduler: Any, spec: MeasureSpec, jobs: Sequence[Tuple[int, Tuple[int, ...]]],
-                       record: Callable[[Result], None], chunk: int = 4) -> None:
+                       record: Callable[[Result], None], chunk: int = 4, timeout: float = 20.0) -> None:
     from dask.distributed import as_completed
 
     if not jobs:
         return
-    client, owned = _client(scheduler)
+    client, owned = _client(scheduler, timeout)
     try:
         spec_future = client.scatter(spec, broadcast=True)
         batches: List[list] = [list(jobs[i:i + chunk]) for i in range(0, len(jobs), max(1, chunk))]

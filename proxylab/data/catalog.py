@@ -142,11 +142,10 @@ def _build(spec: DatasetSpec, seed: int, image_size: Optional[int], channels: Op
     x, y = spec.load(seed)
     parts = stratified_split(y, spec.sizes, seed, x=x)
     tensors = {k: _convert(_to_float(x[idx]), image_size, channels) for k, idx in zip(("train", "calib", "test"), parts)}
-    train = tensors["train"].double()
-    mean = train.mean(dim=(0, 2, 3))
-    std = train.std(dim=(0, 2, 3))
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    m, s = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+    var, mean = torch.var_mean(tensors["train"], dim=(0, 2, 3))  # float32 with torch's pairwise sums
+    std = var.sqrt()
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant channel stays as it is
+    m, s = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
     options = {"image_size": image_size, "channels": channels}
     splits = {
         k: Split(x=t.sub_(m).div_(s), y=torch.from_numpy(y[idx]), class_names=spec.class_names, name=f"{spec.name}/{k}")

@@ -164,9 +164,10 @@ def virtual_grads(
     In eval mode every image of an all-ones batch is the same, so the batch gradient is exactly
     batch_size x the one-image gradient: one image is run and the result scaled.
 
-    Returns (grads, log2_scale). A linearized deep network's values can pass float32's range; then every
-    layer is divided by the same power of two 2**log2_scale (recorded in the stats' meta) so the stored
-    float32 tensors stay finite and keep their ratios between layers.
+    Returns (grads, log2_scale). A linearized deep network's values grow with depth (1e23 for a ResNet-20
+    at initialisation) and their squares would leave float32's range; above 2**60 every layer is divided by
+    the same power of two 2**log2_scale (recorded in the stats' meta), which keeps the ratios between
+    weights and layers exactly and changes no rank a scale-free proxy gives.
     """
     batch = int(input_shape[0])
     one = (1,) + tuple(int(s) for s in input_shape[1:])
@@ -187,8 +188,8 @@ def virtual_grads(
     grads = [torch.zeros_like(w) if g is None else g.detach() for w, g in zip(weights, grads)]
     peak = max((float(g.abs().max()) for g in grads if g.numel()), default=0.0)
     log2_scale = 0
-    if peak > 2.0**100:  # far inside float32's 2**128, so proxies may still square or sum these values
-        log2_scale = int(torch.tensor(peak).log2().ceil()) - 100
+    if peak > 2.0**60:  # squares of what is kept stay inside float32's 2**128, so proxies may square or sum
+        log2_scale = int(torch.tensor(peak).log2().ceil()) - 60
         grads = [torch.ldexp(g, torch.tensor(-log2_scale, dtype=torch.int64)) for g in grads]
     return [g.to(torch.float32) for g in grads], log2_scale
 

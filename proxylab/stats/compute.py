@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -151,14 +152,14 @@ def compute_stats(
                        hessian_trace_mode=hessian_trace_mode,
                        hessian_batch=min(hessian_batch or len(xb), len(xb)))
     key = stats_cache.cache_key({
-        "model": state_dict_digest(model), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model": stats_cache.state_dict_sha256(model), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "batch": stats_cache.tensors_sha256(xb, yb), "batch_size": batch_size, "seed": int(seed), **options,
     })
     folder = Path(cache_dir).expanduser() if cache_dir is not None else None
     if folder is not None:
         hit = stats_cache.load_entry(folder, key)
-        if hit is not None:
-            st = NetworkStats.from_dict(hit, bit_choices=bits)
+        st = _stats_from_entry(hit, bits) if hit is not None else None
+        if st is not None:
             st.meta["cache_hit"] = True
             return st.fill_qerr()
 
@@ -169,8 +170,14 @@ def compute_stats(
     return st.fill_qerr()
 
 
-def state_dict_digest(model: nn.Module) -> str:
-    return stats_cache.state_dict_sha256(model)
+def _stats_from_entry(entry: Dict[str, Any], bits: tuple) -> Optional[NetworkStats]:
+    """A readable entry whose content does not fit NetworkStats (hand-edited, foreign) is a miss too."""
+    try:
+        return NetworkStats.from_dict(entry, bit_choices=bits)
+    except (KeyError, TypeError, ValueError) as exc:
+        warnings.warn(f"stats cache entry {entry.get('meta', {}).get('key', '?')} does not hold valid statistics "
+                      f"({exc}); recomputing it", stacklevel=3)
+        return None
 
 
 def _compute(model, xb, yb, bits, seed, hessian, options, key) -> NetworkStats:

@@ -3,7 +3,7 @@
 Measured (seed 0, 3500 train / 1500 test): raw flattened pixels give ~0.19 on the shape task (chance 0.167:
 shapes move and rotate, which a linear model on pixels cannot undo) but ~0.79 on shapes-color; the
 shift-invariant magnitude spectrum of the pixels gives ~0.29 on the shape task. A 5-layer CNN trained on
-the `shapes` train split reaches 0.96 test accuracy after 4 epochs: learnable, with room below the top.
+the `shapes` train split reaches 0.96 test accuracy after 4 epochs and 0.99 after 7: learnable by CNNs.
 """
 import warnings
 

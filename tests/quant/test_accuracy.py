@@ -22,8 +22,8 @@ def _small_cnn():
     def block(i, o, s):
         return [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
 
-    return nn.Sequential(*block(1, 16, 1), *block(16, 32, 2), *block(32, 32, 1),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return nn.Sequential(*block(1, 8, 1), *block(8, 16, 2), *block(16, 16, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def trained():
     model = _small_cnn()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(12):
+    for _ in range(6):  # ~94% test accuracy; a few seconds on an idle 2-core machine
         model.train()
         for idx in torch.randperm(len(xtr), generator=gen).split(64):
             loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])

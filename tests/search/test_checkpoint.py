@@ -39,8 +39,9 @@ def snapshot(folder: Path):
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny, tiny_pickle, tmp_path, one_thread):
     table, stats = tiny
     killed = tmp_path / "killed"
+    log = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(tiny_pickle), str(killed), str(ITERS)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=log)
     ckpt = killed / "checkpoint.json"
     deadline = time.time() + 120
     try:
@@ -51,7 +52,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny, tiny_pickle, tmp_
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    log.seek(0)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {log.read()[-2000:]}"
     stopped_at = json.loads(ckpt.read_text())["iteration"]
     assert 6 <= stopped_at < ITERS and not (killed / "best_proxy.txt").exists()
 

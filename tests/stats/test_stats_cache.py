@@ -138,3 +138,17 @@ class _no_warning:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+def test_entry_with_wrong_content_is_recomputed(tiny, data, tmp_path):
+    from proxylab.stats.cache import save_entry
+
+    x, y = data
+    good = compute_stats(tiny, x, y, cache_dir=tmp_path, **KW)
+    broken = good.to_dict()
+    broken["tensors"]["grad"] = broken["tensors"]["grad"][:1]  # a valid file that holds the wrong thing
+    save_entry(tmp_path, good.key, broken)
+    with pytest.warns(UserWarning, match="does not hold valid statistics"):
+        again = compute_stats(tiny, x, y, cache_dir=tmp_path, **KW)
+    assert not again.meta["cache_hit"]
+    assert_same(good, again)

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from proxylab.quant import quantizable_layers, quantize_weight
 from proxylab.stats import compute_stats
@@ -168,3 +169,31 @@ def test_double_precision_model_is_measured_on_a_float32_copy(tiny, data):
     for i in range(3):
         assert st.tensor(i, "grad").dtype == torch.float32
         torch.testing.assert_close(st.tensor(i, "grad"), ref.tensor(i, "grad"))
+
+
+def test_huge_synflow_values_are_scaled_by_one_power_of_two():
+    torch.manual_seed(0)
+    layers = [nn.Flatten(), nn.Linear(4, 16)] + [nn.Linear(16, 16) for _ in range(12)] + [nn.Linear(16, 3)]
+    net = nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.uniform_(-4.0, 4.0)  # |w| ~ 2, fan-in 16: ~32x growth per layer
+    x = torch.randn(6, 1, 2, 2)
+    y = torch.randint(0, 3, (6,))
+    st = compute_stats(net, x, y, batch_size=6, hessian=False)
+    shift = st.meta["virtual_grad_log2_scale"]
+    assert shift > 0
+    ref = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.abs_()
+    ref(torch.ones(6, 1, 2, 2, dtype=torch.float64)).sum().backward()
+    linears = [m for m in ref.modules() if isinstance(m, nn.Linear)]
+    peak = 0.0
+    for i, m in enumerate(linears):
+        got = st.tensor(i, "virtual_grad")
+        assert bool(torch.isfinite(got.pow(2)).all())
+        torch.testing.assert_close(got.double(), m.weight.grad / 2.0**shift, rtol=1e-5, atol=0)
+        peak = max(peak, float(got.abs().max()))
+    assert 2.0**59 < peak <= 2.0**60
