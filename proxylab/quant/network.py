@@ -68,6 +68,8 @@ class QuantizedNetwork:
         self.device = torch.device(device)
         if not isinstance(calib_x, torch.Tensor) or calib_x.dim() < 2 or len(calib_x) == 0:
             raise ProxylabError("calib_x must be a non-empty tensor of calibration inputs [N, ...]")
+        if int(calib_size) < 1:
+            raise ProxylabError(f"calib_size must be >= 1 image, got {calib_size}")
         calib_x = calib_x[:calib_size].to(self.device)
 
         self.model = copy.deepcopy(model).to(self.device).eval()

@@ -139,7 +139,8 @@ class ActQuantizer:
         # torch.fake_quantize_per_tensor_affine is the reference op, but on CPU it measured ~10x slower than
         # quantize_per_tensor + dequantize (same rounding, same result) and ~15x slower than a ReLU pass;
         # with ~20 quantized inputs per forward that decides how many configs per minute a bench can score.
-        if self.bits <= 8 and x.dtype == torch.float32 and _has_fast_qdq():
+        # On a GPU the fused op is fast and stays.
+        if self.bits <= 8 and x.dtype == torch.float32 and x.device.type == "cpu" and _has_fast_qdq():
             if self.bits < 8:
                 x = torch.clamp(x, self._lo_f, self._hi_f)
             with warnings.catch_warnings():

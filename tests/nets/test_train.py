@@ -49,6 +49,25 @@ def test_evaluate_matches_a_plain_argmax_oracle(tiny_digits):
     assert acc == pytest.approx(expected, abs=1e-12)
     assert model.training  # the caller's mode is restored
     assert predict(model, x[:5], batch_size=2).shape == (5, 10)
+    model.eval()
+    with torch.no_grad():  # the NHWC fast path must give the plain path's logits
+        assert torch.allclose(predict(model, x, channels_last=True), model(x), atol=1e-5)
+        assert torch.allclose(predict(model, x, channels_last=False), model(x), atol=1e-5)
+
+
+def test_user_networks_get_plain_layout_batches():
+    class ViewsItsInput(torch.nn.Module):  # .view() fails on a channels-last batch
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(48, 10)
+
+        def forward(self, x):
+            return self.fc(x.view(len(x), -1))
+
+    x = torch.randn(6, 3, 4, 4)
+    assert predict(ViewsItsInput(), x).shape == (6, 10)
+    with pytest.raises(RuntimeError):
+        predict(ViewsItsInput(), x, channels_last=True)
 
 
 def test_random_crop_is_a_shift_of_the_replicate_padded_image():
