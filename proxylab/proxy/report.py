@@ -13,7 +13,6 @@ import numpy as np
 from proxylab.errors import ProxylabError
 from proxylab.metrics import rank_metrics
 from proxylab.proxy.core import BaseProxy, parse_proxy
-from proxylab.proxy.errors import InvalidProxy
 from proxylab.proxy.evaluate import bits_to_columns, scores_from_table
 
 METRIC_KEYS = ("spearman", "kendall", "pearson", "spearman_top20", "spearman_top50", "weighted_tau")
@@ -46,7 +45,7 @@ def evaluate_on_table(proxy, table, stats, split: str = "test") -> Dict[str, Any
         layer_table = proxy.layer_table(stats)
         columns = bits_to_columns(table.bits[idx], stats.bit_choices, stats.layer_names)
         scores = scores_from_table(layer_table, columns, proxy.aggregator)
-    except InvalidProxy as e:
+    except ProxylabError as e:  # InvalidProxy, or statistics the proxy needs are missing (no Hessian)
         row.update({k: math.nan for k in METRIC_KEYS})
         row.update(noise_ceiling=ceiling, valid=False, reason=str(e), seconds=time.perf_counter() - t0)
         return row
