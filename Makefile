@@ -16,8 +16,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "animal-mnist>=0.4"
 	touch $(STAMP)
 
+# A second `make demo` resumes the finished run and prints it again instead of refusing the existing folder.
 demo: setup
-	$(BIN)/proxylab search --bench resnet20-mnist5k --pop 30 --iters 200 --seed 0 --out runs/demo
+	$(BIN)/proxylab search --bench resnet20-mnist5k --pop 50 --iters 300 --seed 0 --out runs/demo $$(test -d runs/demo && echo --resume)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -6,7 +6,8 @@ table both ways. "Fully scored" = one score per configuration of the whole table
 each configuration from scratch, as EMQ's loop does; it is timed on --naive-configs configurations and
 scaled to the table size (its cost is linear in the number of configurations). Invalid candidates (NaN/inf)
 count too: rejecting them is part of the search's work. Both paths run with one torch thread (see
-proxylab.proxy.evaluate.torch_threads). One run; medians per candidate.
+proxylab.proxy.evaluate.torch_threads). One run; medians per candidate, wall-clock and CPU time (CPU time
+stays meaningful on a shared machine; load_avg records how shared it was).
 
     .venv/bin/python benchmarks/proxy_speed.py [--candidates 100] [--naive-candidates 10]
 writes benchmarks/results/proxy_speed.csv
@@ -25,27 +26,27 @@ import numpy as np
 
 OUT = Path(__file__).resolve().parent / "results" / "proxy_speed.csv"
 COLUMNS = ["table", "layers", "configs", "method", "candidates", "valid", "median_ms_per_candidate",
-           "candidates_per_s", "speedup_vs_naive", "machine"]
+           "median_cpu_ms_per_candidate", "candidates_per_s", "speedup_vs_naive", "load_avg", "machine"]
 STRUCTURES = ("tree", "linear", "graph")
 
 
 def _time_vectorised(proxy, stats, bits):
     from proxylab.proxy import InvalidProxy, score_configs
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         score_configs(proxy, stats, bits)
         ok = True
     except InvalidProxy:
         ok = False
-    return time.perf_counter() - t0, ok
+    return time.perf_counter() - t0, ok, time.process_time() - c0
 
 
 def _time_naive(proxy, stats, bits, sample):
     """Seconds to score all len(bits) configs the naive way, from ``sample`` of them (first invalid stops)."""
     from proxylab.proxy import InvalidProxy
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     done = 0
     ok = True
     for row in bits[:sample]:
@@ -55,8 +56,8 @@ def _time_naive(proxy, stats, bits, sample):
         except InvalidProxy:
             ok = False
             break  # EMQ's screening stops at the first invalid score as well
-    elapsed = time.perf_counter() - t0
-    return (elapsed if not ok else elapsed * len(bits) / done), ok
+    scale = 1.0 if not ok else len(bits) / done
+    return (time.perf_counter() - t0) * scale, ok, (time.process_time() - c0) * scale
 
 
 def main(argv=None) -> int:
@@ -87,18 +88,20 @@ def main(argv=None) -> int:
         fast = [_time_vectorised(p, stats, bits) for p in candidates]
         naive_n = min(args.naive_candidates, len(candidates))
         slow = [_time_naive(p, stats, bits, args.naive_configs) for p in candidates[:naive_n]]
-        fast_med = float(np.median([t for t, _ in fast]))
-        slow_med = float(np.median([t for t, _ in slow]))
-        same = float(np.median([t for t, _ in fast[:naive_n]]))
+        fast_med = float(np.median([t for t, _, _ in fast]))
+        slow_med = float(np.median([t for t, _, _ in slow]))
+        same = float(np.median([t for t, _, _ in fast[:naive_n]]))
         for method, times, med, speed in (
             ("vectorised", fast, fast_med, slow_med / same if same > 0 else float("nan")),
             ("naive", slow, slow_med, 1.0),
         ):
             rows.append({
                 "table": name, "layers": len(stats.layer_names), "configs": len(bits), "method": method,
-                "candidates": len(times), "valid": sum(ok for _, ok in times),
-                "median_ms_per_candidate": med * 1e3, "candidates_per_s": 1.0 / med if med > 0 else float("inf"),
-                "speedup_vs_naive": speed, "machine": machine,
+                "candidates": len(times), "valid": sum(ok for _, ok, _ in times),
+                "median_ms_per_candidate": med * 1e3,
+                "median_cpu_ms_per_candidate": float(np.median([c for _, _, c in times])) * 1e3,
+                "candidates_per_s": 1.0 / med if med > 0 else float("inf"),
+                "speedup_vs_naive": speed, "load_avg": os.getloadavg()[0], "machine": machine,
             })
         print(f"{name}: {len(bits)} configs; vectorised {fast_med * 1e3:.1f} ms/candidate, naive "
               f"{slow_med * 1e3:.0f} ms/candidate, speedup {rows[-2]['speedup_vs_naive']:.0f}x", file=sys.stderr)
