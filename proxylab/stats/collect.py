@@ -203,19 +203,19 @@ def hessian_scalars(
     iters: int,
     tol: float,
     seed: int,
-    trace_mode: str = "joint",
+    trace_mode: str = "block",
 ) -> Tuple[List[float], List[float], List[float], List[int]]:
     """Per layer: Hutchinson estimate of tr(H_ll), its standard error, the dominant eigenvalue of H_ll and
     the number of power iterations it took,
     where H_ll is the block of the mean cross-entropy's Hessian for that layer's weight alone.
 
     One forward and one create_graph backward serve every product. Traces:
-      "joint" (default): each probe is a Rademacher vector over all layers at once and one full product
-        H v gives every layer's v_l . (H v)_l. Its mean is tr(H_ll) exactly (the cross-block terms
-        v_l . H_lk v_k have mean zero) at the cost of one product per probe for the whole network;
-        the cross terms add variance, which the reported standard error includes.
-      "block": each layer gets its own probes and products H_ll v_l (cost: layers x probes products of a
-        backward from that layer on), lower variance per probe.
+      "block" (default): each layer gets its own probes and products H_ll v_l (cost: layers x probes
+        products, each a backward from that layer on).
+      "joint": each probe is a Rademacher vector over all layers at once and one full product H v gives
+        every layer's v_l . (H v)_l. Its mean is tr(H_ll) exactly (the cross-block terms v_l . H_lk v_k
+        have mean zero) for one product per probe for the whole network, but those cross terms add
+        variance that can swamp small blocks; the reported standard error includes it.
     The eigenvalue needs the block itself, so power iteration always runs layer by layer, its start
     vector drawn from a generator seeded per layer index.
     """
