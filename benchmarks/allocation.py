@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", default=",".join(TABLES))
     ap.add_argument("--proxy-file", help="a search's best_proxy.txt: use this proxy for every network")
     ap.add_argument("--proxy", help="a known proxy's name or a formula: use it for every network")
-    ap.add_argument("--extra-epochs", type=int, default=2, help="training epochs of the network in no table (0: skip it)")
+    ap.add_argument("--extra-epochs", type=int, default=1, help="training epochs of the network in no table (0: skip it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
