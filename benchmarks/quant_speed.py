@@ -115,8 +115,9 @@ def main(argv=None) -> int:
           f"{args.rounds} rounds x {args.per_round}")
     for k, v in rates.items():
         print(f"  {k:>14}/min: median {med[k]:7.1f}  (rounds: {', '.join(f'{r:.1f}' for r in v)})")
+    paired = np.median(np.array(rates["configs"]) / np.array(rates[baseline]))
     print(f"configs/min {med['configs']:.1f} vs plain forwards/min {med[baseline]:.1f} ({baseline}): "
-          f"ratio {ratio:.3f}")
+          f"ratio {ratio:.3f} (median of per-round ratios {paired:.3f})")
     print(f"accuracy of the {len(accs)} random configs: min {min(accs):.3f} median {np.median(accs):.3f} "
           f"max {max(accs):.3f}")
     print(f"wrote {out}")

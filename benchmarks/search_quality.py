@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=1000)
     p.add_argument("--space", default="emq")
     p.add_argument("--out", default=str(RESULTS / "search_quality.csv"))
+    p.add_argument("--ablation-tables", default=None,
+                   help="comma separated tables for the no_dps/no_csp/no_osp settings (default: all of --tables)")
     args = p.parse_args(argv)
 
     from proxylab.bench import list_tables, load_table
@@ -134,8 +136,11 @@ def main(argv=None) -> int:
     runs_path = out.with_name(out.stem + "_runs.csv")
     runs = read_runs(runs_path)
     done = {tuple(str(r[k]) for k in KEY) for r in runs}
+    ablation_names = set(args.ablation_tables.split(",")) if args.ablation_tables else set(names)
     for setting in settings:
         for held in range(len(tables)):
+            if setting in ABLATION and tables[held].name not in ablation_names:
+                continue
             for seed in range(args.seeds):
                 key = tuple(str(v) for v in (setting, tables[held].name, seed, args.pop, args.iters, args.space))
                 if key in done:

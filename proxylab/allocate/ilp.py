@@ -7,7 +7,10 @@ and a tolerance artefact (HiGHS accepts rows violated by ~1e-7 relative) tighten
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +38,26 @@ def check_layer_scores(scores, problem: AllocationProblem) -> np.ndarray:
             f"(bits {problem.bit_choices[k]}): the proxy cannot score this network; pick another proxy"
         )
     return scores
+
+
+@contextmanager
+def _native_stdout_silenced() -> Iterator[None]:
+    """HiGHS (scipy 1.17) prints a debug line from C++ straight to file descriptor 1 when presolve maps a
+    solution back; it would corrupt `--format json` output, so fd 1 points at /dev/null while it runs."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def solve_ilp(
@@ -74,13 +97,14 @@ def solve_ilp(
             constraints.append(LinearConstraint(size_row[None, :] / size_limit, -np.inf, 1.0))
         if ops_limit is not None:
             constraints.append(LinearConstraint(ops_row[None, :] / max(ops_limit, 1), -np.inf, 1.0))
-        res = milp(
-            c,
-            integrality=np.ones(L * K),
-            bounds=Bounds(0, 1),
-            constraints=constraints,
-            options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True},
-        )
+        with _native_stdout_silenced():
+            res = milp(
+                c,
+                integrality=np.ones(L * K),
+                bounds=Bounds(0, 1),
+                constraints=constraints,
+                options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True},
+            )
         if res.x is None:
             raise ProxylabError(f"the ILP solver found no configuration within {budget.describe()}: {res.message}")
         idx = res.x.reshape(L, K).argmax(axis=1)

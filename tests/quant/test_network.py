@@ -301,3 +301,30 @@ def test_bad_configs(model, data):
 def test_protocol_registry():
     assert {"rtn", "mse", "bias_correction"} <= set(PROTOCOLS.names())
     assert PROTOCOLS.get("rtn").clip == "max" and not PROTOCOLS.get("rtn").bias_correction
+
+
+class InPlaceBetweenReaders(nn.Module):
+    """x is read by `a`, changed in place, then read by `b`: a quantized copy shared by a and b would be stale."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.b = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x = x * 1.0
+        y = self.a(x)
+        x.copy_(x.flip(-1))  # same value range, so both readers get identical quantizers
+        return (y + self.b(x)).mean(dim=(2, 3))
+
+
+def test_shared_input_quantization_only_when_exact(model, data):
+    calib, x = data
+    assert QuantizedNetwork(model, calib)._share  # dw and short read the same tensor: quantized once
+    torch.manual_seed(0)
+    tricky = InPlaceBetweenReaders().eval()
+    qn = QuantizedNetwork(tricky, calib, channels_last=False, fold_bn=False)
+    assert not qn._share
+    qn.apply((4, 4))
+    ref = oracle(tricky, calib, (4, 4), fold=False)
+    assert torch.equal(qn.predict(x), run(ref, x))
