@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 # A second `make demo` resumes the finished run and prints it again instead of refusing the existing folder.
 demo: setup
-	$(BIN)/proxylab search --bench resnet20-mnist5k --pop 50 --iters 300 --seed 0 --out runs/demo $$(test -d runs/demo && echo --resume)
+	$(BIN)/proxylab search --bench resnet20-mnist5k --space extended --pop 50 --iters 1000 --seed 0 --out runs/demo $$(test -d runs/demo && echo --resume)
 
 test: setup
 	$(BIN)/python -m pytest -q
