@@ -132,7 +132,7 @@ class BenchImport(Command):
     help = "import an MQ-Bench-101 release pickle"
 
     def add_arguments(self, parser):
-        parser.add_argument("pickle", help="the release file: {idx: {'bit_cfg': '(4, 3, ...)', 'acc': top-1 %}}")
+        parser.add_argument("pickle", help="the release file: {idx: {'bit_cfg': '(4, 3, ...)', 'acc': top-1 %%}}")
         parser.add_argument("--out", required=True, help="output table folder")
         parser.add_argument("--trust-pickle", action="store_true",
                             help="required: unpickling can run code, so only load a file you trust")

@@ -1,0 +1,43 @@
+"""The public API and the CLI entry point: exports resolve, and `import proxylab` stays light."""
+import subprocess
+import sys
+
+import pytest
+
+import proxylab
+from proxylab.cli import _COMMANDS, main
+
+
+@pytest.mark.parametrize("name", [n for n in proxylab.__all__ if n != "__version__"])
+def test_every_export_resolves(name):
+    assert getattr(proxylab, name) is not None
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError):
+        proxylab.no_such_thing  # noqa: B018
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, proxylab, proxylab.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for name in _COMMANDS:
+        assert name in text
+
+
+def test_unknown_command_exits_2(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(_COMMANDS))
+def test_every_command_module_loads_and_parses_help(name):
+    with pytest.raises(SystemExit) as exc:
+        main(name.split() + ["--help"])
+    assert exc.value.code == 0
