@@ -27,6 +27,8 @@ _EXPORTS = {
     "rank_metrics": "proxylab.metrics",
     # search and allocation
     "ProxySearch": "proxylab.search", "load_space": "proxylab.search",
+    # `allocate` itself stays under proxylab.allocate: the name is also the subpackage's
+    "ALLOCATORS": "proxylab.allocate", "parse_budget": "proxylab.allocate",
     "ProxylabError": "proxylab.errors",
 }
 
