@@ -3,7 +3,7 @@ when the aggregator decomposes (mean_layers / sum_layers), else through the evol
 the proxy itself, warm-started from the ILP answer for the layer-mean of the same table."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 

@@ -5,9 +5,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from proxylab.commands._base import Command, parse_bits_list
+from proxylab.commands._network import add_network_arguments, load_network
 from proxylab.errors import ProxylabError
 
 
@@ -15,12 +16,7 @@ class Allocate(Command):
     help = "choose per-layer bits under a size / BitOps budget"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        src = parser.add_argument_group("network (one of)")
-        src.add_argument("--net", help="a registered network name (with --weights and --data) or path/file.py:factory")
-        src.add_argument("--checkpoint", help="a checkpoint folder written by `proxylab train` (weights.pt + config.json)")
-        src.add_argument("--bench", help="a bench table's reference network, e.g. resnet20-mnist5k")
-        parser.add_argument("--weights", help="state_dict file for --net")
-        parser.add_argument("--data", help="data set for the statistics and --measure (default: the checkpoint's / table's)")
+        add_network_arguments(parser, data_help="data set for the statistics and --measure")
         parser.add_argument("--proxy", help="a known proxy's name or a formula (needed by the proxylab allocator)")
         parser.add_argument("--budget", action="append", required=True, metavar="KEY=VALUE",
                             help="size_mb=X and/or bitops=Y (repeat the flag or separate with commas)")
@@ -98,49 +94,6 @@ class Allocate(Command):
                              for n, p, b in zip(problem.layer_names, problem.params, res.bits)]
             return out
         return rows
-
-
-def load_network(args: argparse.Namespace) -> Tuple[Any, Any, str]:
-    """(model in eval mode, dataset, a description) from exactly one of --net / --checkpoint / --bench."""
-    given = [k for k in ("net", "checkpoint", "bench") if getattr(args, k)]
-    if len(given) != 1:
-        raise ProxylabError("give exactly one of --net NAME|file.py:factory, --checkpoint DIR, --bench TABLE"
-                            + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
-    from proxylab.data import get_dataset
-
-    if args.bench:
-        from proxylab.bench import load_table
-
-        model, dataset, _ = load_table(args.bench).load_network()
-        if args.data and args.data != dataset.name:
-            dataset = get_dataset(args.data, seed=args.seed)
-        return model, dataset, f"bench:{args.bench}"
-    if args.checkpoint:
-        from proxylab.nets import load_checkpoint
-
-        model, config = load_checkpoint(args.checkpoint)
-        data = args.data or config.get("data")
-        if not data:
-            raise ProxylabError(f"checkpoint '{args.checkpoint}' records no data set: pass --data NAME")
-        return model.eval(), get_dataset(data, seed=args.seed), f"checkpoint:{args.checkpoint}"
-    if not args.data:
-        raise ProxylabError("--net needs --data NAME (the data set the network was trained on; see `proxylab data list`)")
-    dataset = get_dataset(args.data, seed=args.seed)
-    if ":" in args.net and args.net.rsplit(":", 1)[0].endswith(".py"):
-        from proxylab.nets import load_user_network
-
-        model = load_user_network(args.net, weights=args.weights)
-    else:
-        from proxylab.nets import create_net
-        from proxylab.nets.checkpoint import load_weights, read_state_dict
-
-        if not args.weights:
-            raise ProxylabError(f"--net {args.net} needs --weights W.pt: a proxy of untrained weights says nothing "
-                                "about the trained network's accuracy")
-        model = create_net(args.net, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                           image_size=dataset.image_size)
-        load_weights(model, read_state_dict(args.weights), source=f"weights '{args.weights}'")
-    return model.eval(), dataset, f"net:{args.net}"
 
 
 def _table_protocol(name: str) -> str:

@@ -5,6 +5,7 @@ import argparse
 from typing import Any, Dict, Optional
 
 from proxylab.commands._base import Command, parse_bits_list
+from proxylab.commands._network import add_network_arguments, load_network
 from proxylab.errors import ProxylabError
 
 
@@ -24,12 +25,7 @@ class Quantize(Command):
     help = "accuracy, size and BitOps of one bit configuration"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        src = parser.add_argument_group("network (one of)")
-        src.add_argument("--checkpoint", help="a checkpoint folder written by `proxylab train` (weights.pt + config.json)")
-        src.add_argument("--net", help="a registered network name or path/file.py:factory (with --weights and --data)")
-        src.add_argument("--bench", help="a bench table's reference network, e.g. resnet20-mnist5k")
-        parser.add_argument("--weights", help="state_dict file for --net")
-        parser.add_argument("--data", help="data set (default: the checkpoint's / table's)")
+        add_network_arguments(parser, data_help="data set")
         parser.add_argument("--bits", required=True,
                             help="weight bits, one per quantizable layer in execution order, e.g. '4 4 3 2 ...' "
                                  "(run with --layers and any wrong-length list to see the layers)")
@@ -58,7 +54,6 @@ class Quantize(Command):
             if args.device.startswith("cuda") and not torch.cuda.is_available():
                 raise ProxylabError(f"--device {args.device} asked for, but no CUDA device is available: use --device cpu")
 
-        from proxylab.commands.allocate import load_network
         from proxylab.quant import QuantizedNetwork
 
         model, dataset, source = load_network(args)

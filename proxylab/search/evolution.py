@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 

@@ -1,0 +1,59 @@
+"""The network a command works on, from exactly one of --net / --checkpoint / --bench (quantize, allocate)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Tuple
+
+from proxylab.errors import ProxylabError
+
+
+def add_network_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
+    src = parser.add_argument_group("network (one of)")
+    src.add_argument("--net", help="a registered network name (with --weights and --data) or path/file.py:factory")
+    src.add_argument("--checkpoint", help="a checkpoint folder written by `proxylab train` (weights.pt + config.json)")
+    src.add_argument("--bench", help="a bench table's reference network, e.g. resnet20-mnist5k")
+    parser.add_argument("--weights", help="state_dict file for --net")
+    parser.add_argument("--data", help=f"{data_help} (default: the checkpoint's / table's)")
+
+
+def load_network(args: argparse.Namespace) -> Tuple[Any, Any, str]:
+    """(model in eval mode, dataset, a description) from exactly one of --net / --checkpoint / --bench."""
+    given = [k for k in ("net", "checkpoint", "bench") if getattr(args, k)]
+    if len(given) != 1:
+        raise ProxylabError("give exactly one of --net NAME|file.py:factory, --checkpoint DIR, --bench TABLE"
+                            + (f" (got {', '.join('--' + g for g in given)})" if given else ""))
+    from proxylab.data import get_dataset
+
+    if args.bench:
+        from proxylab.bench import load_table
+
+        model, dataset, _ = load_table(args.bench).load_network()
+        if args.data and args.data != dataset.name:
+            dataset = get_dataset(args.data, seed=args.seed)
+        return model, dataset, f"bench:{args.bench}"
+    if args.checkpoint:
+        from proxylab.nets import load_checkpoint
+
+        model, config = load_checkpoint(args.checkpoint)
+        data = args.data or config.get("data")
+        if not data:
+            raise ProxylabError(f"checkpoint '{args.checkpoint}' records no data set: pass --data NAME")
+        return model.eval(), get_dataset(data, seed=args.seed), f"checkpoint:{args.checkpoint}"
+    if not args.data:
+        raise ProxylabError("--net needs --data NAME (the data set the network was trained on; see `proxylab data list`)")
+    dataset = get_dataset(args.data, seed=args.seed)
+    if ":" in args.net and args.net.rsplit(":", 1)[0].endswith(".py"):
+        from proxylab.nets import load_user_network
+
+        model = load_user_network(args.net, weights=args.weights)
+    else:
+        from proxylab.nets import create_net
+        from proxylab.nets.checkpoint import load_weights, read_state_dict
+
+        if not args.weights:
+            raise ProxylabError(f"--net {args.net} needs --weights W.pt: a proxy of untrained weights says nothing "
+                                "about the trained network's accuracy")
+        model = create_net(args.net, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                           image_size=dataset.image_size)
+        load_weights(model, read_state_dict(args.weights), source=f"weights '{args.weights}'")
+    return model.eval(), dataset, f"net:{args.net}"
