@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,distributed]"
+	$(BIN)/python -m pip install -q -e ".[dev,distributed,service,notebooks]"
 	# animal-mnist declares tensorflow, which its data never need: take the data package alone.
 	$(BIN)/python -m pip install -q --no-deps "animal-mnist>=0.4"
 	touch $(STAMP)

@@ -27,6 +27,15 @@ _COMMANDS: Dict[str, Tuple[str, str]] = {
     "proxy eval": ("proxylab.commands.proxy:ProxyEval", "rank correlations of a proxy against a table"),
     "search": ("proxylab.commands.search:Search", "evolve a proxy against one or more tables"),
     "allocate": ("proxylab.commands.allocate:Allocate", "choose per-layer bits under a size / BitOps budget"),
+    "zoo build": ("proxylab.commands.zoo:ZooBuild", "train a model zoo, capture signatures, build its index"),
+    "zoo signature": ("proxylab.commands.zoo:ZooSignature", "capture a black-box model's knowledge signature"),
+    "zoo add": ("proxylab.commands.zoo:ZooAdd", "add a model (signature file) to a zoo index"),
+    "zoo remove": ("proxylab.commands.zoo:ZooRemove", "remove a model from a zoo index by id"),
+    "zoo list": ("proxylab.commands.zoo:ZooList", "list the models of a zoo index"),
+    "zoo query": ("proxylab.commands.zoo:ZooQuery", "retrieve the models that suit a few labelled samples"),
+    "zoo eval": ("proxylab.commands.zoo:ZooEval", "evaluate retrieval on held-out query tasks"),
+    "zoo serve-model": ("proxylab.commands.zoo:ZooServeModel", "serve one model's predictions over HTTP (black box)"),
+    "serve": ("proxylab.commands.serve:Serve", "run the model-zoo query service (HTTP)"),
 }
 
 
