@@ -1,26 +1,33 @@
 """Bit allocation under a size budget: proxylab's allocation against every baseline allocator, measured.
 
-For each shipped bench table's network, plus one network that is in no table (vgg_small trained here on
-shapes-color), at size budgets 25% / 50% / 75% of the way from all-2-bit to all-4-bit, every allocator in
-proxylab.allocate.ALLOCATORS picks a configuration and its real PTQ accuracy is measured on the test split
-(the table's own protocol and activation bits).
+For each shipped bench table's network, plus one timm network that is in no table (resnet18, width 0.25, trained
+here on shapes-texture), at size budgets 25% / 50% / 75% of the way from all-2-bit to all-4-bit, every allocator
+in proxylab.allocate.ALLOCATORS picks a configuration and its real PTQ accuracy is measured on the test split
+(the table's own protocol and activation bits; the resnet18-shapes table's for the network in no table).
 
-proxylab's allocator uses, per table, the proxy named in --proxy-file (a search's best_proxy.txt) or else the
-known proxy with the best Spearman on the table's *select* split (never the test split). The network in no
-table gets the proxy with the best mean select-split Spearman over the tables: nothing of that network is
-looked at before allocating.
+proxylab's allocator uses a SEARCHED proxy: for each table, the best_proxy.txt of
+    proxylab search --bench TABLE --space extended --pop 50 --iters 1000 --seed 0 --out runs/alloc-TABLE
+and for the network in no table (the transfer case: nothing of it is looked at before allocating) the one of
+    proxylab search --bench resnet20-mnist5k,mobilenetv2-animal,resnet18-shapes --space extended --pop 50
+        --iters 1000 --seed 0 --out runs/alloc-transfer
+The script runs a search whose folder lacks best_proxy.txt. A search ranks its hall of fame on the tables'
+*select* split; allocation accuracy never feeds back into the choice. benchmarks/results/allocation_proxies.csv
+records the formulas, so `--proxies-csv` reproduces the CSV without searching. `--known` uses instead the known
+proxy with the best select-split Spearman (the earlier behaviour).
 
 Noise: each accuracy is also measured on the two halves of the test split (a fixed seeded cut). The
 split-half estimate of one accuracy's standard error is |acc_a - acc_b| / 2, and proxylab ties a baseline
 when the accuracy gap is within the larger of the two allocations' estimates; else it wins or loses.
 
-Writes benchmarks/results/allocation.csv and benchmarks/results/allocation_pareto.png.
-Run: .venv/bin/python benchmarks/allocation.py   (about 10-20 minutes on 2 CPU cores; statistics cached)
+Writes benchmarks/results/allocation.csv, allocation_proxies.csv and allocation_pareto.png.
+Run: nice .venv/bin/python benchmarks/allocation.py   (torch on 1 thread; searches ~3 min each, training
+~3 min, allocation + measurement ~10 min on a loaded 2-core machine; statistics and checkpoint cached)
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,53 +39,131 @@ import torch
 from proxylab.allocate import ALLOCATORS, AllocationProblem, budget_between, run_allocator
 from proxylab.errors import ProxylabError
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "runs"
 TABLES = ("resnet20-mnist5k", "mobilenetv2-animal", "resnet18-shapes")
 FRACTIONS = (0.25, 0.5, 0.75)
-# OMPQ's orthogonality needs several images' activations; the stats default keeps 64k values per layer,
-# which on a 32x32 feature map with many channels is a single image.
+SEARCH = dict(space="extended", pop=50, iters=1000, seed=0)
+# The network in no table: a timm ResNet-18 (the resnet18-shapes table's width and stem) on another task,
+# texture, which needs fine detail and so separates the allocators at 2-4 bits. 8 epochs: ~3 min on 1 thread.
+EXTRA = dict(net="resnet18", data="shapes-texture", kwargs={"width": 0.25, "stem": "small_s2"}, epochs=8,
+             measure_like="resnet18-shapes")
+EXTRA_NAME = f"{EXTRA['net']}-{EXTRA['data']}"
+# OMPQ's orthogonality needs several images' activations; the stats default keeps 32k values per layer,
+# which on a 32x32 feature map with many channels is a single image. Only the activations differ from the
+# default statistics a search scores its proxies on, so a searched proxy that reads activations (A, bA) is
+# scored on default statistics (computed for it alone), any other on these.
 STATS_KW = dict(hessian=True, act_images=8, act_max_elements=1 << 20)
-COLUMNS = ["net", "source", "budget_frac", "budget_mb", "allocator", "proxy", "size_mb", "bitops", "acc",
-           "acc_half_a", "acc_half_b", "noise", "proxylab_result", "bits", "seconds"]
+READS_ACTS = re.compile(r"\bb?A\b")
+COLUMNS = ["net", "source", "budget_frac", "budget_mb", "allocator", "proxy", "proxy_origin", "size_mb", "bitops",
+           "acc", "acc_half_a", "acc_half_b", "noise", "proxylab_result", "bits", "seconds"]
+PROXY_COLUMNS = ["net", "searched_on", "proxy", "select_fitness", "search_fitness", "run_dir", "command"]
 
 
-def select_proxy(table, stats) -> Dict[str, float]:
-    """Select-split Spearman of every known proxy that can score this network (invalid ones skipped)."""
-    from proxylab.bench import spearman
-    from proxylab.proxy import KNOWN_PROXIES, score_configs
+def search_command(tables, out: Path) -> List[str]:
+    return ["search", "--bench", ",".join(tables), "--space", SEARCH["space"], "--pop", str(SEARCH["pop"]),
+            "--iters", str(SEARCH["iters"]), "--seed", str(SEARCH["seed"]), "--out", str(out), "--no-progress",
+            "--format", "json"]
+
+
+def searched_proxy(net: str, tables, run_dir: Path) -> dict:
+    """The best_proxy.txt of a search over ``tables`` (run now when the folder has none)."""
+    argv = search_command(tables, run_dir)
+    rel = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+    shown = "proxylab " + " ".join(search_command(tables, rel)[:-3])  # as typed in the repository root
+    best = run_dir / "best_proxy.txt"
+    if not best.is_file():
+        from proxylab.cli import main as cli
+
+        if run_dir.exists():  # an interrupted search: continue it rather than refuse the existing folder
+            argv.append("--resume")
+        print(f"  searching: {shown}", flush=True)
+        if cli(argv) != 0 or not best.is_file():
+            raise ProxylabError(f"the search for {net} failed; run `{shown}` by hand to see why")
+    formula = best.read_text().strip()
+    fit = {}
+    hof = run_dir / "hall_of_fame.csv"
+    if hof.is_file():
+        with open(hof, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("proxy", row.get("formula")) == formula:
+                    fit = row
+                    break
+    return {"net": net, "searched_on": ",".join(tables), "proxy": formula,
+            "select_fitness": fit.get("select_fitness", ""), "search_fitness": fit.get("search_fitness", ""),
+            "run_dir": str(rel),
+            "command": shown}
+
+
+def best_known_proxy(tables) -> dict:
+    """The known proxy with the best mean select-split Spearman over ``tables`` (invalid ones skipped)."""
     from proxylab.allocate import resolve_proxy
+    from proxylab.bench import load_table, spearman
+    from proxylab.proxy import KNOWN_PROXIES, score_configs
+    from proxylab.stats import stats_for_table
 
-    sel = table.split("select")
-    out = {}
-    for name in sorted(KNOWN_PROXIES):
-        try:
-            scores = score_configs(resolve_proxy(name), stats, table.bits[sel])
-        except ProxylabError:
-            continue
-        rho = spearman(scores, table.acc[sel])
-        if np.isfinite(rho):
-            out[name] = rho
-    return out
+    rhos: Dict[str, List[float]] = {}
+    for name in tables:
+        table = load_table(name)
+        stats = stats_for_table(table)
+        sel = table.split("select")
+        for proxy in sorted(KNOWN_PROXIES):
+            try:
+                rho = spearman(score_configs(resolve_proxy(proxy), stats, table.bits[sel]), table.acc[sel])
+            except ProxylabError:
+                continue
+            if np.isfinite(rho):
+                rhos.setdefault(proxy, []).append(rho)
+    complete = {k: float(np.mean(v)) for k, v in rhos.items() if len(v) == len(tables)}
+    best = max(complete, key=complete.get)
+    return {"proxy": best, "select_fitness": complete[best], "searched_on": ",".join(tables),
+            "search_fitness": "", "run_dir": "", "command": "best known proxy on the select split"}
 
 
-def measure_all(name, source, stats, proxy, act_bits, bit_choices, seed, rows, measure):
-    """Every allocator at every budget; ``measure(bits) -> (acc, acc_half_a, acc_half_b)`` on the test split."""
-    problem = AllocationProblem.from_stats(stats, bit_choices, act_bits)
+def choose_proxies(args, tables) -> List[dict]:
+    nets = [(t, [t], RUNS / f"alloc-{t}") for t in tables]
+    if args.extra:
+        nets.append((EXTRA_NAME, list(TABLES), RUNS / "alloc-transfer"))
+    if args.proxies_csv:
+        with open(args.proxies_csv, newline="") as f:
+            given = {r["net"]: r for r in csv.DictReader(f)}
+        missing = [n for n, _, _ in nets if n not in given]
+        if missing:
+            raise ProxylabError(f"{args.proxies_csv} has no proxy for {', '.join(missing)}")
+        return [given[n] for n, _, _ in nets]
+    if args.known:
+        return [dict(best_known_proxy(on), net=n) for n, on, _ in nets]
+    return [searched_proxy(n, on, d) for n, on, d in nets]
+
+
+def measure_all(name, source, problems, proxy, origin, seed, rows, measure):
+    """Every allocator at every budget; ``problems``: allocator -> AllocationProblem ("*" for the rest);
+    ``measure(bits) -> (acc, acc_half_a, acc_half_b)`` on the test split."""
+    seen: Dict[tuple, tuple] = {}  # allocators often agree on a config: measure each config once
+
+    def measure_once(bits):
+        key = tuple(int(b) for b in bits)
+        if key not in seen:
+            seen[key] = measure(key)
+        return seen[key]
+
     for frac in FRACTIONS:
-        budget = budget_between(problem, frac)
+        budget = budget_between(problems["*"], frac)
         group = []
         for alloc in ALLOCATORS.names():
             t0 = time.perf_counter()
             try:
-                res = run_allocator(alloc, problem, budget, proxy=proxy, seed=seed)
-            except ProxylabError as e:  # e.g. a baseline proxy that cannot score this network: say so, go on
+                res = run_allocator(alloc, problems.get(alloc, problems["*"]), budget, proxy=proxy, seed=seed)
+            except ProxylabError as e:  # e.g. a baseline that cannot score this network: say so, go on
                 print(f"  {name} {frac:.0%}: {alloc} failed: {e}", flush=True)
                 continue
             seconds = time.perf_counter() - t0
-            acc, a, b = measure(res.bits)
+            acc, a, b = measure_once(res.bits)
             group.append({
                 "net": name, "source": source, "budget_frac": frac, "budget_mb": round(budget.size_mb, 6),
                 "allocator": alloc, "proxy": res.extra.get("proxy", ""),
+                "proxy_origin": origin if alloc == "proxylab" else "",
                 "size_mb": round(res.size_mb, 6), "bitops": res.bitops, "acc": round(acc, 5),
                 "acc_half_a": round(a, 5), "acc_half_b": round(b, 5), "noise": round(abs(a - b) / 2, 5),
                 "bits": " ".join(map(str, res.bits)), "seconds": round(seconds, 3),
@@ -112,28 +197,33 @@ def extra_measure(model, ds, act_bits: int, protocol: str, seed: int):
     return measure
 
 
-def train_extra_net(seed: int, epochs: int):
-    """vgg_small on shapes-color: a network and a task in no shipped table. The trained checkpoint is kept
-    under the proxylab cache, so a rerun with the same seed and epochs skips training."""
-    from proxylab.data import get_dataset
-    from proxylab.nets import create_net, load_checkpoint, save_checkpoint, train_net
-    from proxylab.stats import default_cache_dir
+def extra_checkpoint_dir(seed: int) -> Path:
+    return RUNS / "alloc-extra" / f"{EXTRA_NAME}-s{seed}-e{EXTRA['epochs']}"
 
-    ds = get_dataset("shapes-color", seed=seed)
-    folder = default_cache_dir().parent / "allocation-bench" / f"vgg_small-shapes-color-s{seed}-e{epochs}"
-    if (folder / "config.json").is_file():
-        model, config = load_checkpoint(folder)
-        print(f"  vgg_small on shapes-color: cached checkpoint, float test acc {config['test_acc']:.4f}", flush=True)
-        return model.eval(), ds
-    torch.manual_seed(seed)
-    model = create_net("vgg_small", num_classes=ds.num_classes, in_channels=ds.in_channels, image_size=ds.image_size)
-    info = train_net(model, ds, epochs=epochs, seed=seed, progress=False)
-    print(f"  vgg_small on shapes-color: float test acc {info['test_acc']:.4f} after {epochs} epochs "
-          f"({info['seconds']:.0f} s)", flush=True)
-    save_checkpoint(folder, model, {"net": "vgg_small", "data": "shapes-color", "num_classes": ds.num_classes,
-                                    "in_channels": ds.in_channels, "image_size": ds.image_size, "kwargs": {},
-                                    "seed": seed, "epochs": epochs, "test_acc": info["test_acc"]})
-    return model.eval(), ds
+
+def train_command(seed: int) -> List[str]:
+    argv = ["train", "--net", EXTRA["net"], "--data", EXTRA["data"], "--epochs", str(EXTRA["epochs"]),
+            "--seed", str(seed)]
+    for k, v in EXTRA["kwargs"].items():
+        argv += ["--net-arg", f"{k}={v}"]
+    return argv + ["--out", str(extra_checkpoint_dir(seed)), "--no-progress"]
+
+
+def train_extra_net(seed: int):
+    """The network in no table, trained once by `proxylab train` (seeded) into runs/alloc-extra/; delete the
+    folder to retrain."""
+    from proxylab.cli import main as cli
+    from proxylab.data import get_dataset
+    from proxylab.nets import load_checkpoint
+
+    folder = extra_checkpoint_dir(seed)
+    if not (folder / "config.json").is_file():
+        print(f"{EXTRA_NAME}: training: proxylab {' '.join(train_command(seed))}", flush=True)
+        if cli(train_command(seed)) != 0:
+            raise ProxylabError(f"training {EXTRA_NAME} failed")
+    model, config = load_checkpoint(folder)
+    print(f"{EXTRA_NAME}: checkpoint {folder}, float test acc {config['test_acc']:.4f}", flush=True)
+    return model.eval(), get_dataset(EXTRA["data"], seed=seed)
 
 
 def plot(rows: List[dict], path: Path) -> None:
@@ -163,68 +253,86 @@ def plot(rows: List[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def write_csv(path: Path, columns, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def summary(rows: List[dict]) -> None:
+    verdicts = [r["proxylab_result"] for r in rows if r["proxylab_result"]]
+    print(f"proxylab vs baselines over {len(verdicts)} (net, budget, baseline) pairs: "
+          f"{verdicts.count('win')} wins, {verdicts.count('tie')} ties, {verdicts.count('loss')} losses")
+    for net in dict.fromkeys(r["net"] for r in rows):
+        for frac in FRACTIONS:
+            v = [r["proxylab_result"] for r in rows if r["net"] == net and r["budget_frac"] == frac and r["proxylab_result"]]
+            print(f"  {net} {frac:.0%}: {v.count('win')}W {v.count('tie')}T {v.count('loss')}L")
+    for r in rows:
+        if r["proxylab_result"] == "loss":
+            print(f"  loss: {r['net']} {r['budget_frac']:.0%} vs {r['allocator']} ({r['acc']:.4f})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tables", default=",".join(TABLES))
-    ap.add_argument("--proxy-file", help="a search's best_proxy.txt: use this proxy for every network")
-    ap.add_argument("--proxy", help="a known proxy's name or a formula: use it for every network")
-    ap.add_argument("--extra-epochs", type=int, default=1, help="training epochs of the network in no table (0: skip it)")
+    ap.add_argument("--proxies-csv", help="take the proxies from a former run's allocation_proxies.csv (no search)")
+    ap.add_argument("--known", action="store_true", help="best known proxy on the select split instead of a search")
+    ap.add_argument("--no-extra", dest="extra", action="store_false", help="skip the network in no table")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from proxylab.bench import load_table
     from proxylab.bench.measure import Measurer, spec_from_table
     from proxylab.stats import compute_stats, default_cache_dir, stats_for_table
 
-    fixed_proxy = Path(args.proxy_file).read_text().strip() if args.proxy_file else args.proxy
-    rows: List[dict] = []
-    select_rho: Dict[str, List[float]] = {}
-    last_protocol, last_act_bits = "rtn", 8
-    for name in [t for t in args.tables.split(",") if t]:
-        table = load_table(name)
-        t0 = time.perf_counter()
-        stats = stats_for_table(table, **STATS_KW)
-        print(f"{name}: statistics in {time.perf_counter() - t0:.0f} s", flush=True)
-        rhos = select_proxy(table, stats)
-        for k, v in rhos.items():
-            select_rho.setdefault(k, []).append(v)
-        proxy = fixed_proxy or max(rhos, key=rhos.get)
-        print(f"  proxy: {proxy} (select-split Spearman {rhos.get(proxy, float('nan')):.3f})", flush=True)
-        protocol, act_bits = table.meta["protocol"]["name"], int(table.meta["act_bits"])
-        last_protocol, last_act_bits = protocol, act_bits
-        measurer = Measurer(spec_from_table(table))
-        measure_all(name, "table", stats, proxy, act_bits, table.bit_choices, args.seed, rows, measurer.measure)
+    tables = [t for t in args.tables.split(",") if t]
+    proxies = {p["net"]: p for p in choose_proxies(args, tables)}
+    for p in proxies.values():
+        print(f"{p['net']}: proxy {p['proxy']} (searched on {p['searched_on']}, select fitness "
+              f"{p['select_fitness']})", flush=True)
 
-    if args.extra_epochs > 0:
-        model, ds = train_extra_net(args.seed, args.extra_epochs)
-        stats = compute_stats(model, ds.calib.x, ds.calib.y, bit_choices=(2, 3, 4), seed=args.seed,
-                              cache_dir=default_cache_dir(), **STATS_KW)
-        if fixed_proxy:
-            proxy = fixed_proxy
-        elif not select_rho:
-            raise ProxylabError("the network in no table needs --proxy / --proxy-file when no table is benchmarked")
-        else:
-            complete = {k: np.mean(v) for k, v in select_rho.items() if len(v) == max(map(len, select_rho.values()))}
-            proxy = max(complete, key=complete.get)
-        print(f"vgg_small-shapes-color: proxy {proxy}", flush=True)
-        measure_all("vgg_small-shapes-color", "no table", stats, proxy, last_act_bits, (2, 3, 4), args.seed, rows,
-                    extra_measure(model, ds, last_act_bits, last_protocol, args.seed))
+    def origin(net):
+        p = proxies[net]
+        return f"{p['command']} (select fitness {float(p['select_fitness']):.3f})" if p["select_fitness"] else p["command"]
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "allocation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "allocation_proxies.csv", PROXY_COLUMNS, list(proxies.values()))
+    rows: List[dict] = []
+    for name in tables:
+        table = load_table(name)
+        t0 = time.perf_counter()
+        stats = stats_for_table(table, **STATS_KW)
+        proxy_stats = stats_for_table(table) if READS_ACTS.search(proxies[name]["proxy"]) else stats
+        print(f"{name}: statistics in {time.perf_counter() - t0:.0f} s", flush=True)
+        act_bits = int(table.meta["act_bits"])
+        problems = {"*": AllocationProblem.from_stats(stats, table.bit_choices, act_bits),
+                    "proxylab": AllocationProblem.from_stats(proxy_stats, table.bit_choices, act_bits)}
+        measurer = Measurer(spec_from_table(table))
+        measure_all(name, "table", problems, proxies[name]["proxy"], origin(name), args.seed, rows, measurer.measure)
+        write_csv(out / "allocation.csv", COLUMNS, rows)  # each network as it finishes: a long run keeps its part
+
+    if args.extra:
+        like = load_table(EXTRA["measure_like"])
+        protocol, act_bits = like.meta["protocol"]["name"], int(like.meta["act_bits"])
+        model, ds = train_extra_net(args.seed)
+        kw = dict(bit_choices=(2, 3, 4), seed=args.seed, cache_dir=default_cache_dir())
+        stats = compute_stats(model, ds.calib.x, ds.calib.y, **kw, **STATS_KW)
+        proxy_stats = (compute_stats(model, ds.calib.x, ds.calib.y, **kw)
+                       if READS_ACTS.search(proxies[EXTRA_NAME]["proxy"]) else stats)
+        problems = {"*": AllocationProblem.from_stats(stats, (2, 3, 4), act_bits),
+                    "proxylab": AllocationProblem.from_stats(proxy_stats, (2, 3, 4), act_bits)}
+        measure_all(EXTRA_NAME, "no table", problems, proxies[EXTRA_NAME]["proxy"], origin(EXTRA_NAME), args.seed,
+                    rows, extra_measure(model, ds, act_bits, protocol, args.seed))
+
+    write_csv(out / "allocation.csv", COLUMNS, rows)
     plot(rows, out / "allocation_pareto.png")
-    verdicts = [r["proxylab_result"] for r in rows if r["proxylab_result"]]
-    print(f"proxylab vs baselines over {len(verdicts)} (net, budget, baseline) pairs: "
-          f"{verdicts.count('win')} wins, {verdicts.count('tie')} ties, {verdicts.count('loss')} losses")
-    for r in rows:
-        if r["proxylab_result"] == "loss":
-            print(f"  loss: {r['net']} {r['budget_frac']:.0%} vs {r['allocator']} ({r['acc']:.4f})")
-    print(f"wrote {out / 'allocation.csv'} and {out / 'allocation_pareto.png'}")
+    summary(rows)
+    print(f"wrote {out / 'allocation.csv'}, {out / 'allocation_proxies.csv'} and {out / 'allocation_pareto.png'}")
     return 0
 
 

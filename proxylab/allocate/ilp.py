@@ -2,8 +2,9 @@
 
 One binary x[l, k] per (layer, bit choice), exactly one choice per layer, the weight-bit and BitOps sums under
 the budget, maximise sum_l S[l, k]. ``mean_layers`` and ``sum_layers`` share that argmax. HiGHS (through
-scipy.optimize.milp) solves it to a zero relative gap; the answer is then re-checked in exact integers,
-and a tolerance artefact (HiGHS accepts rows violated by ~1e-7 relative) tightens the row and solves again.
+scipy.optimize.milp) solves it to a zero relative gap (``rel_gap`` loosens that where proving optimality is
+not worth minutes); the answer is then re-checked in exact integers, and a tolerance artefact (HiGHS accepts
+rows violated by ~1e-7 relative) tightens the row and solves again.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def solve_ilp(
     aggregator: str = "mean",
     allocator: str = "ilp",
     time_limit: float = 120.0,
+    rel_gap: float = 0.0,
 ) -> Allocation:
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -103,7 +105,7 @@ def solve_ilp(
                 integrality=np.ones(L * K),
                 bounds=Bounds(0, 1),
                 constraints=constraints,
-                options={"mip_rel_gap": 0.0, "time_limit": time_limit, "presolve": True},
+                options={"mip_rel_gap": rel_gap, "time_limit": time_limit, "presolve": True},
             )
         if res.x is None:
             raise ProxylabError(f"the ILP solver found no configuration within {budget.describe()}: {res.message}")

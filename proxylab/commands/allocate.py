@@ -18,6 +18,8 @@ class Allocate(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_network_arguments(parser, data_help="data set for the statistics and --measure")
         parser.add_argument("--proxy", help="a known proxy's name or a formula (needed by the proxylab allocator)")
+        parser.add_argument("--proxy-file", metavar="FILE",
+                            help="read the proxy from a file instead, e.g. a search's runs/NAME/best_proxy.txt")
         parser.add_argument("--budget", action="append", required=True, metavar="KEY=VALUE",
                             help="size_mb=X and/or bitops=Y (repeat the flag or separate with commas)")
         parser.add_argument("--bits", default="2,3,4", help="allowed weight bit-widths (default 2,3,4)")
@@ -38,6 +40,7 @@ class Allocate(Command):
 
         from proxylab.allocate.problem import validate_bit_choices
 
+        args.proxy = _proxy_argument(args.proxy, args.proxy_file)
         budget = parse_budget(args.budget)
         bits = validate_bit_choices(parse_bits_list(args.bits))
         if args.allocator != "all":
@@ -94,6 +97,22 @@ class Allocate(Command):
                              for n, p, b in zip(problem.layer_names, problem.params, res.bits)]
             return out
         return rows
+
+
+def _proxy_argument(proxy, proxy_file):
+    """--proxy or --proxy-file (the first non-empty, non-comment line of the file), never both."""
+    if proxy_file is None:
+        return proxy
+    if proxy is not None:
+        raise ProxylabError("give --proxy or --proxy-file, not both")
+    path = Path(proxy_file)
+    if not path.is_file():
+        raise ProxylabError(f"--proxy-file {path} does not exist; a search writes one as <out>/best_proxy.txt")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise ProxylabError(f"--proxy-file {path} holds no formula; write one proxy formula (or known name) in it")
+    return lines[0]
 
 
 def _table_protocol(name: str) -> str:

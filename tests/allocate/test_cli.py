@@ -2,7 +2,6 @@
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -94,6 +93,32 @@ def test_bad_input_is_one_clear_line(user_net, capsys, extra, message):
     assert any(line.startswith("error:") for line in err.splitlines()), err
     assert re.search(message, err, re.S), err
     assert "Traceback" not in err
+
+
+def test_proxy_file_gives_the_same_allocation_as_the_formula(user_net, capsys, tmp_path):
+    folder, _, _ = user_net
+    formula = "sum_layers(sneg(smul(params, mean(mul(F, pow2(Q))))))"
+    (tmp_path / "best_proxy.txt").write_text(f"# written by a search\n{formula}\n")
+    common = _base(folder) + ["--budget", "size_mb=0.0009", "--format", "json"]
+    code_a, out_a, err_a = _run(capsys, common + ["--proxy-file", str(tmp_path / "best_proxy.txt")])
+    code_b, out_b, err_b = _run(capsys, common + ["--proxy", formula])
+    assert code_a == 0 and code_b == 0, err_a + err_b
+    a, b = json.loads(out_a), json.loads(out_b)
+    assert a["layers"] == b["layers"] and a["proxy"] == b["proxy"] == formula
+
+
+@pytest.mark.parametrize("content,extra,message", [
+    (None, [], "does not exist.*best_proxy.txt"),
+    ("# nothing\n\n", [], "holds no formula"),
+    ("emq\n", ["--proxy", "emq"], "not both"),
+])
+def test_bad_proxy_file(user_net, capsys, tmp_path, content, extra, message):
+    folder, _, _ = user_net
+    path = tmp_path / "p.txt"
+    if content is not None:
+        path.write_text(content)
+    code, _, err = _run(capsys, _base(folder) + ["--proxy-file", str(path), "--budget", "size_mb=1"] + extra)
+    assert code == 2 and re.search(message, err, re.S), err
 
 
 def test_exactly_one_network_source(capsys):

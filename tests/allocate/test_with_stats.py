@@ -110,14 +110,56 @@ def test_known_proxies_allocate(stats):
         assert res.score == pytest.approx(brute.score, rel=1e-9, abs=1e-12), name
 
 
-def test_ompq_allocator_uses_the_known_proxy(stats):
-    from proxylab.proxy import parse_proxy, score_configs
+def _ompq_weights_by_hand(stats):
+    """OMPQ's objective weights from scratch: linear CKA of centred Gram matrices, gamma, exp(-gamma), suffix means."""
+    L = len(stats.layer_names)
+    if "gram" in getattr(stats, "extras", {}):  # X X^T over the whole calibration batch, kept by compute_stats
+        raw = [stats.gram(l).double().numpy() for l in range(L)]
+    else:  # else the images whose outputs "act" kept
+        acts = [stats.tensor(l, "act").double().numpy() for l in range(L)]
+        n = min(a.shape[0] for a in acts)
+        raw = [a[:n].reshape(n, -1) @ a[:n].reshape(n, -1).T for a in acts]
+    grams = [k - k.mean(0)[None, :] - k.mean(1)[:, None] + k.mean() for k in raw]
+    theta = []
+    for i in range(L):
+        gamma = sum((grams[i] * grams[j]).sum() / (np.linalg.norm(grams[i]) * np.linalg.norm(grams[j]))
+                    for j in range(L) if j != i)
+        theta.append(np.exp(-gamma))
+    return np.array([np.mean(theta[i:]) for i in range(L)])
 
+
+@pytest.mark.parametrize("frac", [0.3, 0.7])
+def test_ompq_allocator_maximises_ompq_objective(stats, frac):
+    from proxylab.allocate.baselines import ompq_layer_weights
+
+    weights = _ompq_weights_by_hand(stats)
+    np.testing.assert_allclose(ompq_layer_weights(stats), weights, rtol=1e-9)
     problem = AllocationProblem.from_stats(stats)
-    budget = budget_between(problem, 0.5)
+    budget = budget_between(problem, frac)
     res = run_allocator("ompq", problem, budget)
-    brute = allocate_exhaustive(problem, lambda b: score_configs(parse_proxy("ompq"), stats, b), budget)
-    assert res.score == pytest.approx(brute.score, rel=1e-9, abs=1e-12)
+    brute = allocate_exhaustive(problem, lambda b: (np.asarray(b) * weights).sum(-1), budget)
+    assert problem.fits(np.array(res.bits), budget)
+    assert float((np.array(res.bits) * weights).sum()) == pytest.approx(brute.score, rel=1e-9)
+
+
+def test_ompq_weights_are_suffix_means_not_raw_importance():
+    """A layer whose own outputs are redundant but whose successors are not still gets their importance."""
+    from proxylab.allocate.baselines import ompq_layer_weights
+
+    class Fake:
+        layer_names = ["a", "b", "c"]
+        extras: dict = {}
+
+        def tensor(self, l, key):
+            g = torch.Generator().manual_seed(l)
+            base = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+            # layers a and b share their features (redundant), c is independent of both
+            return base + 0.01 * torch.randn(6, 5, generator=g) if l < 2 else torch.randn(6, 5, generator=g)
+
+    w = ompq_layer_weights(Fake())
+    hand = _ompq_weights_by_hand(Fake())
+    np.testing.assert_allclose(w, hand, rtol=1e-9)
+    assert w[2] > w[0]  # c is the least redundant layer, and the last weight is c's own importance
 
 
 def test_proxy_errors(stats):
