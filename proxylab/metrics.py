@@ -190,3 +190,66 @@ class RankTarget:
         if S.ndim != 2 or S.shape[1] != self.acc.size:
             raise ProxylabError(f"expected scores of shape [K, {self.acc.size}], got {list(S.shape)}")
         return np.array([self.spearman(row) for row in S], dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Retrieval metrics (model retrieval, issue 7): one ranked list of model ids per query.
+
+def _ranked_list(ranked_ids, k) -> list:
+    ranked = list(ranked_ids)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ProxylabError(f"k must be a positive integer, got {k!r}")
+    if len(set(ranked)) != len(ranked):
+        raise ProxylabError("the ranked list repeats an id: a retrieval ranking lists each model once")
+    return ranked
+
+
+def recall_at_k(ranked_ids, relevant_ids, k: int) -> float:
+    """|top-k ∩ relevant| / |relevant| (standard IR recall). With ONE relevant id (e.g. the best model for
+    the query, TANS's setting) this is the hit rate: 1.0 when it is in the top k. Empty relevant -> ProxylabError."""
+    ranked = _ranked_list(ranked_ids, k)
+    relevant = set(relevant_ids)
+    if not relevant:
+        raise ProxylabError("recall needs at least one relevant id for the query")
+    return len(set(ranked[:k]) & relevant) / len(relevant)
+
+
+def hit_at_k(ranked_ids, relevant_ids, k: int) -> float:
+    """1.0 when any relevant id is in the top k, else 0.0 (Hit@k, ModelLens)."""
+    ranked = _ranked_list(ranked_ids, k)
+    relevant = set(relevant_ids)
+    if not relevant:
+        raise ProxylabError("Hit@k needs at least one relevant id for the query")
+    return float(bool(set(ranked[:k]) & relevant))
+
+
+def ndcg_at_k(ranked_ids, gains, k: int) -> float:
+    """NDCG@k with linear gains: sum_{r<=k} gain(id_r) / log2(r + 1), divided by the same sum over the ideal
+    order of all gains. Ids missing from `gains` count 0. NaN when every gain is 0 (no ideal ranking)."""
+    ranked = _ranked_list(ranked_ids, k)
+    g = {key: float(v) for key, v in dict(gains).items()}
+    values = np.array(list(g.values()), dtype=np.float64)
+    if values.size == 0:
+        raise ProxylabError("NDCG needs the gains of at least one model")
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ProxylabError("NDCG gains must be finite and non-negative (e.g. accuracies)")
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = sum(g.get(i, 0.0) * discounts[r] for r, i in enumerate(ranked[:k]))
+    ideal = np.sort(values)[::-1][:k]
+    idcg = float(ideal @ discounts[:ideal.size])
+    return math.nan if idcg == 0.0 else float(dcg / idcg)
+
+
+def regret(ranked_ids, acc) -> float:
+    """Best achievable accuracy minus the accuracy of the top-ranked model: max(acc) - acc[ranked_ids[0]]."""
+    ranked = list(ranked_ids)
+    a = {key: float(v) for key, v in dict(acc).items()}
+    if not a:
+        raise ProxylabError("regret needs the accuracy of at least one model")
+    if not ranked:
+        raise ProxylabError("regret needs a non-empty ranking (the retrieved model first)")
+    if ranked[0] not in a:
+        raise ProxylabError(f"the top-ranked model {ranked[0]!r} has no accuracy in the ground truth")
+    if not all(math.isfinite(v) for v in a.values()):
+        raise ProxylabError("the accuracies hold NaN or inf")
+    return max(a.values()) - a[ranked[0]]

@@ -115,3 +115,52 @@ def test_rank_target_matches_and_is_fast():
         target.spearman(row)
     per_call = (time.perf_counter() - t0) / len(S)
     assert per_call < 2e-3, f"RankTarget.spearman took {per_call * 1e3:.2f} ms for 1000 configs"
+
+
+# ---------------------------------------------------------------------------------------- retrieval metrics
+
+def _ndcg_loops(ranked, gains, k):
+    dcg = 0.0
+    for r in range(min(k, len(ranked))):
+        dcg += gains.get(ranked[r], 0.0) / math.log2(r + 2)
+    ideal = sorted(gains.values(), reverse=True)
+    idcg = 0.0
+    for r in range(min(k, len(ideal))):
+        idcg += ideal[r] / math.log2(r + 2)
+    return dcg / idcg
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("k", [1, 3, 5, 50])
+def test_retrieval_metrics_match_loops(seed, k):
+    rng = np.random.default_rng(seed)
+    ids = list(rng.permutation(30) + 100)
+    ranked = ids[:20]  # the ranking may cover only part of the zoo
+    relevant = set(int(i) for i in rng.choice(ids, size=4, replace=False))
+    hits = sum(1 for i in ranked[:k] if i in relevant)
+    assert M.recall_at_k(ranked, relevant, k) == pytest.approx(hits / 4)
+    assert M.hit_at_k(ranked, relevant, k) == float(hits > 0)
+    gains = {i: float(rng.uniform()) for i in ids}
+    assert M.ndcg_at_k(ranked, gains, k) == pytest.approx(_ndcg_loops(ranked, gains, k), abs=1e-12)
+    assert M.regret(ranked, gains) == pytest.approx(max(gains.values()) - gains[ranked[0]])
+
+
+def test_retrieval_metrics_edge_cases():
+    gains = {1: 0.9, 2: 0.5, 3: 0.1}
+    assert M.ndcg_at_k([1, 2, 3], gains, 3) == pytest.approx(1.0)
+    assert M.ndcg_at_k([3, 2, 1], gains, 1) == pytest.approx(0.1 / 0.9)
+    assert M.ndcg_at_k([7, 8], gains, 2) == 0.0  # ids without gains count 0
+    assert math.isnan(M.ndcg_at_k([1], {1: 0.0, 2: 0.0}, 1))
+    assert M.regret([1, 3], gains) == 0.0 and M.regret([3], gains) == pytest.approx(0.8)
+    assert M.recall_at_k([5], {5}, 1) == 1.0 and M.recall_at_k([4, 5], {5}, 1) == 0.0
+    for call, match in [
+        (lambda: M.recall_at_k([1, 2], set(), 1), "relevant"),
+        (lambda: M.recall_at_k([1, 1], {1}, 1), "repeats"),
+        (lambda: M.recall_at_k([1], {1}, 0), "k must"),
+        (lambda: M.ndcg_at_k([1], {1: -1.0}, 1), "non-negative"),
+        (lambda: M.ndcg_at_k([1], {}, 1), "at least one"),
+        (lambda: M.regret([], gains), "non-empty"),
+        (lambda: M.regret([9], gains), "no accuracy"),
+    ]:
+        with pytest.raises(ProxylabError, match=match):
+            call()

@@ -1,1 +1,37 @@
-"""retrieval"""
+"""Black-box model retrieval: canonical images, black-box models, a FAISS model index, re-rankers.
+
+Names are re-exported lazily (PEP 562) so importing this package loads neither torch nor faiss.
+Owners of other retrieval modules: ask the lead to add your names here (the lead merges this table).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IMAGE_SHAPE": "proxylab.retrieval.canonical", "to_canonical": "proxylab.retrieval.canonical",
+    "check_images": "proxylab.retrieval.canonical",
+    "BlackBoxModel": "proxylab.retrieval.blackbox", "TorchBlackBox": "proxylab.retrieval.blackbox",
+    "CheckpointBlackBox": "proxylab.retrieval.blackbox", "HTTPBlackBox": "proxylab.retrieval.blackbox",
+    "check_probabilities": "proxylab.retrieval.blackbox",
+    "serve_model": "proxylab.retrieval.model_server",
+    "ModelIndex": "proxylab.retrieval.index", "Hit": "proxylab.retrieval.index",
+    "INDEX_KINDS": "proxylab.retrieval.index",
+    "leep": "proxylab.retrieval.rerank", "nce": "proxylab.retrieval.rerank", "logme": "proxylab.retrieval.rerank",
+    "hscore": "proxylab.retrieval.rerank", "rerank": "proxylab.retrieval.rerank",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'proxylab.retrieval' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(__all__)

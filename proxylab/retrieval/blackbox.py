@@ -1,0 +1,222 @@
+"""Black-box models: the only view of a zoo model the retrieval method ever gets.
+
+A model takes canonical images (see ``canonical``) and returns class probabilities; nothing else (no weights,
+no features). A "call" is ONE image sent to a model, so every model-call budget in proxylab counts images;
+``BlackBoxModel.calls`` counts them, including images whose answer later fails validation (they were sent).
+
+Adapters: ``TorchBlackBox`` (an in-process ``nn.Module`` mapping canonical images to logits),
+``CheckpointBlackBox`` (a ``file.py:factory`` spec or a proxylab checkpoint folder) and ``HTTPBlackBox``
+(a user's own model server speaking the npz protocol that ``model_server.serve_model`` implements).
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from proxylab.errors import ProxylabError
+from proxylab.retrieval.canonical import check_images
+
+PROB_TOLERANCE = 1e-3
+
+
+def check_probabilities(p: Any, n: int, num_classes: int, source: str = "model") -> np.ndarray:
+    """Validate a model's answer for `n` images: float32 [n, num_classes], finite, >= 0, rows summing to 1."""
+    try:
+        arr = np.asarray(p, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ProxylabError(f"{source} returned {type(p).__name__} values that are not numbers; "
+                            "a model must return class probabilities") from None
+    if arr.shape != (n, num_classes):
+        raise ProxylabError(f"{source} returned probabilities of shape {list(arr.shape)}, expected [{n}, {num_classes}] "
+                            f"(one row of {num_classes} class probabilities per image)")
+    if not np.isfinite(arr).all():
+        raise ProxylabError(f"{source} returned NaN or inf probabilities")
+    if (arr < 0).any():
+        raise ProxylabError(f"{source} returned negative probabilities (min {arr.min():.4g}); "
+                            "apply a softmax to its logits")
+    sums = arr.sum(axis=1)
+    bad = np.abs(sums - 1.0) > PROB_TOLERANCE
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ProxylabError(f"{source} returned rows that do not sum to 1 (row {i} sums to {sums[i]:.6g}); "
+                            "a model must return class probabilities, e.g. softmax(logits)")
+    return arr.astype(np.float32)
+
+
+class BlackBoxModel(ABC):
+    """predict_proba(images) -> float32 [N, num_classes]; `calls` counts images sent so far.
+
+    Subclasses set ``num_classes`` and implement ``_predict(x)`` for one batch of validated canonical images
+    (a CPU float32 tensor); the base class validates inputs, batches, counts and checks every answer.
+    """
+
+    num_classes: int
+    name: str = ""
+    batch_size: int = 256
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._count_lock = threading.Lock()  # a model served over HTTP is called from several threads
+
+    @abstractmethod
+    def _predict(self, x) -> np.ndarray:
+        """Probabilities for one batch of canonical images (validated by the caller)."""
+
+    def describe(self) -> str:
+        return f"model '{self.name}'" if self.name else f"{type(self).__name__}"
+
+    def predict_proba(self, images) -> np.ndarray:
+        x = check_images(images)
+        out = []
+        for start in range(0, x.shape[0], self.batch_size):
+            batch = x[start:start + self.batch_size]
+            with self._count_lock:
+                self.calls += int(batch.shape[0])
+            p = self._predict(batch)
+            out.append(check_probabilities(p, int(batch.shape[0]), self.num_classes, source=self.describe()))
+        return np.concatenate(out, axis=0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, calls={self.calls})"
+
+
+def _infer_num_classes(module) -> int:
+    """Width of the module's output on one blank canonical image (white-box setup, not a counted call)."""
+    import torch
+
+    from proxylab.retrieval.canonical import IMAGE_SHAPE
+
+    with torch.no_grad():
+        out = module(torch.zeros((1, *IMAGE_SHAPE)))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ProxylabError("the module must map images [N, 3, 32, 32] to logits [N, K]; "
+                            f"it returned {type(out).__name__} of shape {list(getattr(out, 'shape', []))}")
+    return int(out.shape[1])
+
+
+class TorchBlackBox(BlackBoxModel):
+    """An in-process nn.Module that maps canonical images to logits; softmax applied, eval mode, no_grad."""
+
+    def __init__(self, module, num_classes: Optional[int] = None, batch_size: int = 256, name: str = "",
+                 device: str = "cpu"):
+        import torch.nn as nn
+
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ProxylabError(f"TorchBlackBox needs a torch.nn.Module, got {type(module).__name__}")
+        if int(batch_size) < 1:
+            raise ProxylabError(f"batch_size must be >= 1, got {batch_size}")
+        self.module = module.to(device).eval()
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.name = name
+        self.num_classes = int(num_classes) if num_classes is not None else _infer_num_classes(self.module)
+        if self.num_classes < 2:
+            raise ProxylabError(f"a classifier needs at least 2 classes, got num_classes={self.num_classes}")
+
+    def _predict(self, x) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            logits = self.module(x.to(self.device))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            raise ProxylabError(f"{self.describe()} must return logits [N, K], got {type(logits).__name__} "
+                                f"of shape {list(getattr(logits, 'shape', []))}")
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+class CheckpointBlackBox(TorchBlackBox):
+    """A network from a ``path/file.py:factory`` spec (+ optional state_dict `weights`) or a proxylab checkpoint
+    folder (weights.pt + config.json). The network must take canonical images (normalising inside itself)."""
+
+    def __init__(self, spec: str, weights=None, num_classes: Optional[int] = None, batch_size: int = 256,
+                 name: str = "", device: str = "cpu"):
+        path = Path(str(spec))
+        if path.exists():
+            from proxylab.nets.checkpoint import load_checkpoint
+
+            if weights is not None:
+                raise ProxylabError(f"'{spec}' is a checkpoint that holds its own weights; pass weights only with a "
+                                    "file.py:factory spec")
+            module, config = load_checkpoint(path)
+            if num_classes is None and "num_classes" in config:
+                num_classes = int(config["num_classes"])
+        elif ":" in str(spec):
+            from proxylab.nets.user import load_user_network
+
+            module = load_user_network(str(spec), weights=weights)
+        else:
+            raise ProxylabError(f"'{spec}' is neither a checkpoint folder nor a path/to/file.py:factory spec")
+        super().__init__(module, num_classes=num_classes, batch_size=batch_size, name=name or str(spec), device=device)
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(json.loads(body.decode("utf-8")).get("error", "")) or body[:200].decode("utf-8", "replace")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return body[:200].decode("utf-8", "replace")
+
+
+class HTTPBlackBox(BlackBoxModel):
+    """A model behind HTTP: GET {url}/info -> {"num_classes": K, "name": ...};
+    POST {url}/predict with npz bytes {"images": float32 [N,3,32,32]} -> npz bytes {"probs": float32 [N,K]}."""
+
+    def __init__(self, url: str, num_classes: Optional[int] = None, timeout: float = 30.0, batch_size: int = 256,
+                 name: str = ""):
+        super().__init__()
+        if not str(url).startswith(("http://", "https://")):
+            raise ProxylabError(f"model URL '{url}' must start with http:// or https://")
+        self.url = str(url).rstrip("/")
+        self.timeout = float(timeout)
+        self.batch_size = int(batch_size)
+        info = self._info()
+        try:
+            served = int(info["num_classes"])
+        except (KeyError, TypeError, ValueError):
+            raise ProxylabError(f"{self.url}/info must return JSON with an integer 'num_classes', got {info!r}") from None
+        if num_classes is not None and int(num_classes) != served:
+            raise ProxylabError(f"the model at {self.url} serves {served} classes, but num_classes={num_classes} was given")
+        self.num_classes = served
+        self.name = name or str(info.get("name") or self.url)
+
+    def _request(self, path: str, data: Optional[bytes] = None) -> bytes:
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/octet-stream"} if data is not None else {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as e:
+            raise ProxylabError(f"model server {self.url}{path} answered HTTP {e.code}: {_error_text(e.read())}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ProxylabError(f"cannot reach the model server at {self.url} ({reason}); is it running?") from None
+
+    def _info(self) -> dict:
+        body = self._request("/info")
+        try:
+            info = json.loads(body.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise ProxylabError(f"{self.url}/info did not return JSON") from None
+        if not isinstance(info, dict):
+            raise ProxylabError(f"{self.url}/info must return a JSON object, got {type(info).__name__}")
+        return info
+
+    def _predict(self, x) -> np.ndarray:
+        buf = io.BytesIO()
+        np.savez(buf, images=x.numpy().astype(np.float32, copy=False))
+        body = self._request("/predict", buf.getvalue())
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+                return np.asarray(npz["probs"])
+        except KeyError:
+            raise ProxylabError(f"{self.url}/predict answered an npz without a 'probs' array") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise ProxylabError(f"{self.url}/predict did not answer npz bytes ({e})") from None

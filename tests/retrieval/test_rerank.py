@@ -1,0 +1,218 @@
+"""Transferability estimators against brute-force loops of their formulas, and the re-ranking stage."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from proxylab.errors import ProxylabError
+from proxylab.retrieval.blackbox import TorchBlackBox
+from proxylab.retrieval.index import Hit
+from proxylab.retrieval.rerank import hscore, leep, logme, logme_details, nce, rerank
+
+
+def _probs(n, cs, seed=0, sharp=2.0):
+    rng = np.random.default_rng(seed)
+    logits = sharp * rng.normal(size=(n, cs))
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def _leep_loops(theta, y):
+    n, cs = theta.shape
+    classes = sorted(set(y.tolist()))
+    joint = {(a, z): 0.0 for a in classes for z in range(cs)}
+    for i in range(n):
+        for z in range(cs):
+            joint[(y[i], z)] += theta[i, z] / n
+    total = 0.0
+    for i in range(n):
+        inner = 0.0
+        for z in range(cs):
+            pz = sum(joint[(a, z)] for a in classes)
+            inner += joint[(y[i], z)] / pz * theta[i, z]
+        total += math.log(inner)
+    return total / n
+
+
+def _nce_loops(theta, y):
+    n = len(y)
+    z = [int(np.argmax(theta[i])) for i in range(n)]
+    pairs = {}
+    for a, b in zip(y.tolist(), z):
+        pairs[(a, b)] = pairs.get((a, b), 0) + 1 / n
+    h = 0.0
+    for (a, b), p in pairs.items():
+        pz = sum(q for (a2, b2), q in pairs.items() if b2 == b)
+        h -= p * math.log(p / pz)
+    return -h
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_leep_and_nce_match_loops(seed):
+    rng = np.random.default_rng(seed)
+    theta = _probs(40, 6, seed)
+    y = rng.integers(0, 3, 40) * 7 + 2  # arbitrary integer labels: only the grouping matters
+    assert leep(theta, y) == pytest.approx(_leep_loops(theta, y), abs=1e-10)
+    assert nce(theta, y) == pytest.approx(_nce_loops(theta, y), abs=1e-10)
+
+
+def test_leep_and_nce_prefer_the_model_that_knows_the_labels():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    good = np.full((200, 5), 0.05)
+    good[np.arange(200), y] = 0.8  # source class y predicts target class y
+    bad = _probs(200, 5, seed=1)
+    assert leep(good, y) > leep(bad, y)
+    assert nce(good, y) == pytest.approx(0.0, abs=1e-12)  # Y is a function of Z: no conditional entropy
+    assert nce(bad, y) < -0.5
+
+
+def test_leep_tolerates_a_source_class_nobody_predicts():
+    theta = np.array([[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [0.9, 0.1, 0.0]])
+    assert math.isfinite(leep(theta, [0, 1, 1]))
+
+
+def _evidence_direct(f, t, a, b):
+    """log p(t | F, a, b) of Bayesian linear regression, from its definition with dense matrices."""
+    n, d = f.shape
+    A = a * np.eye(d) + b * f.T @ f
+    m = b * np.linalg.solve(A, f.T @ t)
+    _, logdet = np.linalg.slogdet(A)
+    return (d / 2 * np.log(a) + n / 2 * np.log(b) - n / 2 * np.log(2 * np.pi)
+            - b / 2 * np.sum((f @ m - t) ** 2) - a / 2 * m @ m - 0.5 * logdet)
+
+
+@pytest.mark.parametrize("n,d", [(60, 8), (45, 20)])
+def test_logme_matches_direct_evidence_at_the_fixed_point(n, d):
+    rng = np.random.default_rng(n + d)
+    y = rng.integers(0, 3, n)
+    f = rng.normal(size=(n, d)) + 0.8 * np.eye(3)[y] @ rng.normal(size=(3, d))
+    res = logme_details(f, y)
+    evid = []
+    for c in range(3):
+        t = (y == c).astype(float)
+        a, b = res.alpha[c], res.beta[c]
+        e = _evidence_direct(f, t, a, b)
+        assert res.evidence[c] == pytest.approx(e, rel=1e-8, abs=1e-8)
+        # a maximum: moving alpha or beta either way lowers the evidence
+        for fa, fb in [(1.2, 1), (0.8, 1), (1, 1.2), (1, 0.8)]:
+            assert _evidence_direct(f, t, a * fa, b * fb) < e
+        evid.append(e)
+    assert res.score == pytest.approx(np.mean(evid) / n, rel=1e-10)
+    assert logme(f, y) == res.score
+
+
+def test_logme_when_features_interpolate_the_labels():
+    """N < D: beta grows without bound; the evidence must approach its supremum from below."""
+    rng = np.random.default_rng(1)
+    n, d = 12, 30
+    y = rng.integers(0, 3, n)
+    f = rng.normal(size=(n, d)) + 0.8 * np.eye(3)[y] @ rng.normal(size=(3, d))
+    res = logme_details(f, y)
+    assert np.isfinite(res.score) and (res.iterations < 300).all()
+    for c in range(3):
+        t = (y == c).astype(float)
+        a, b = res.alpha[c], res.beta[c]
+        for fb in (1e-2, 1e-4):  # smaller beta (well conditioned for the dense oracle): lower evidence
+            assert _evidence_direct(f, t, a, b * fb) < res.evidence[c] + 1e-6
+        assert _evidence_direct(f, t, a * 1.3, b * 1e-3) < res.evidence[c] + 1e-6
+
+
+def test_logme_and_hscore_prefer_informative_features():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 150)
+    informative = np.eye(4)[y] @ rng.normal(size=(4, 16)) + 0.3 * rng.normal(size=(150, 16))
+    noise = rng.normal(size=(150, 16))
+    assert logme(informative, y) > logme(noise, y) + 0.1
+    assert hscore(informative, y) > hscore(noise, y) + 1.0
+
+
+def _hscore_loops(f, y):
+    n, d = f.shape
+    mean = f.sum(0) / n
+    cov_f = sum(np.outer(f[i] - mean, f[i] - mean) for i in range(n)) / (n - 1)
+    class_mean = {c: f[y == c].mean(0) for c in set(y.tolist())}
+    g = np.array([class_mean[c] for c in y.tolist()])
+    gmean = g.sum(0) / n
+    cov_g = sum(np.outer(g[i] - gmean, g[i] - gmean) for i in range(n)) / (n - 1)
+    return float(np.trace(np.linalg.inv(cov_f) @ cov_g))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hscore_matches_loops(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 50)
+    f = rng.normal(size=(50, 5)) + np.eye(3)[y] @ rng.normal(size=(3, 5))
+    assert hscore(f, y) == pytest.approx(_hscore_loops(f, y), rel=1e-9)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: leep(_probs(5, 3), [0, 0, 0, 0, 0]), "single class"),
+    (lambda: leep(_probs(5, 3), [0, 1]), "one label per sample"),
+    (lambda: leep(_probs(5, 3) * 2, [0, 1, 0, 1, 0]), "sum to 1"),
+    (lambda: nce(-_probs(3, 3), [0, 1, 0]), "negative"),
+    (lambda: nce(np.ones(3), [0, 1, 0]), "shape"),
+    (lambda: leep(_probs(3, 3), [0.5, 1, 0]), "integers"),
+    (lambda: logme(np.full((4, 2), np.nan), [0, 1, 0, 1]), "NaN"),
+    (lambda: hscore(np.ones(4), [0, 1, 0, 1]), "\\[N, D\\]"),
+])
+def test_bad_inputs(call, match):
+    with pytest.raises(ProxylabError, match=match):
+        call()
+
+
+def _models():
+    """Three black boxes over canonical images, one of which separates the query's two classes."""
+    torch.manual_seed(0)
+    models = {}
+    for mid in (10, 11, 12):
+        lin = nn.Linear(3 * 32 * 32, 3)
+        with torch.no_grad():
+            lin.weight.zero_()
+            lin.bias.zero_()
+            if mid == 11:  # class 0 <- bright images, class 1 <- dark ones
+                lin.weight[0].fill_(0.01)
+                lin.weight[1].fill_(-0.01)
+                lin.bias[0], lin.bias[1] = -0.01 * 1536, 0.01 * 1536  # threshold at mid-grey (3072 px * 0.5)
+            else:
+                lin.weight.normal_(0, 0.001)
+        models[mid] = TorchBlackBox(nn.Sequential(nn.Flatten(), lin), name=f"m{mid}")
+    return models
+
+
+def _query():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 6)
+    images = np.where(labels[:, None, None, None] == 0, 0.8, 0.2) + 0.05 * rng.uniform(size=(12, 3, 32, 32))
+    return images.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("method", ["leep", "nce"])
+def test_rerank_promotes_the_model_that_fits_and_counts_calls(method):
+    models = _models()
+    images, labels = _query()
+    hits = [Hit(10, 0.9, {"name": "m10"}), Hit(12, 0.8, {"name": "m12"}), Hit(11, 0.7, {"name": "m11"})]
+    out, spent = rerank(hits, models.__getitem__, images, labels, method=method)
+    assert out[0].id == 11
+    assert spent == 3 * 12 and sum(m.calls for m in models.values()) == 36
+    assert out[0].metadata["index_score"] == 0.7 and out[0].metadata["rerank"] == method
+    fn = leep if method == "leep" else nce
+    for h in out:
+        assert h.score == pytest.approx(fn(models[h.id].predict_proba(images), labels), abs=1e-9)
+    assert [h.score for h in out] == sorted((h.score for h in out), reverse=True)
+
+
+def test_rerank_validates_before_calling_anything():
+    models = _models()
+    images, labels = _query()
+    hits = [Hit(10, 0.9, {})]
+    with pytest.raises(ProxylabError, match="single class"):
+        rerank(hits, models.__getitem__, images, np.zeros(12, int))
+    with pytest.raises(ProxylabError, match="query images"):
+        rerank(hits, models.__getitem__, images[:, :1], labels)
+    with pytest.raises(ProxylabError, match="re-ranking method"):
+        rerank(hits, models.__getitem__, images, labels, method="logme")
+    assert all(m.calls == 0 for m in models.values())
+    assert rerank([], models.__getitem__, images, labels) == ([], 0)
