@@ -1,0 +1,149 @@
+"""``proxylab serve``: the model-zoo query service over HTTP (FastAPI on uvicorn)."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from proxylab.commands._base import Command
+from proxylab.errors import MissingDependencyError, ProxylabError
+
+
+def shipped_index_dir() -> Path:
+    import proxylab.retrieval
+
+    return Path(proxylab.retrieval.__file__).parent / "shipped" / "zoo_index"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PROXYLAB_CACHE") or Path.home() / ".cache" / "proxylab")
+
+
+def copy_of_shipped_index(cache: Path | None = None) -> Path:
+    """A writable copy of the package's zoo index (the package's own files are never written).
+
+    Copied once into the cache; later starts reuse it, so registrations survive restarts. Delete the folder to
+    start again from the shipped zoo.
+    """
+    source = shipped_index_dir()
+    if not source.is_dir() or not any(source.iterdir()):
+        raise ProxylabError(f"this installation ships no zoo index (expected at {source}); serve your own with "
+                            "--index DIR (`proxylab zoo build` makes one; a new DIR starts an empty zoo)")
+    target = (cache or cache_root()) / "zoo_index"
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # copy beside the target and rename: two first starts at once never see half a copy
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index."))
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another start won the race; its copy is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def encoders_factory(encoders_file, extractor_file):
+    """None (the shipped encoders) or a loader for the given files, run when the service first needs them."""
+    if extractor_file and not encoders_file:
+        raise ProxylabError("--extractor goes with --encoders (the shipped encoders come with the shipped extractor)")
+    if not encoders_file:
+        return None
+    for path in (encoders_file, extractor_file):
+        if path and not Path(path).is_file():
+            raise ProxylabError(f"'{path}' does not exist; give a file saved by Encoders.save / FeatureExtractor.save")
+
+    def load():
+        from proxylab.retrieval.encoders import Encoders
+        from proxylab.retrieval.features import FeatureExtractor
+
+        extractor = FeatureExtractor.load(extractor_file) if extractor_file else None
+        return Encoders.load(encoders_file, extractor=extractor)
+
+    return load
+
+
+def _warm(store) -> None:
+    try:
+        store.encoders()
+    except ProxylabError:
+        pass
+
+
+class Serve(Command):
+    help = "run the model-zoo query service (HTTP)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--index", help="index directory to serve (created empty if it holds none); default: "
+                                            "a copy of the shipped zoo index in $PROXYLAB_CACHE or ~/.cache/proxylab")
+        parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+        parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+        parser.add_argument("--tokens", help="token file: one 'TOKEN [read|write]' per line (default: "
+                                             "$PROXYLAB_TOKENS); writes need a write token")
+        parser.add_argument("--private", action="store_true", help="reads need a token too (read or write scope)")
+        parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (413 above)")
+        parser.add_argument("--encoders", help="encoder weights to encode signatures and queries with (default: the "
+                                               "shipped ones); must be the ones the index's vectors were made with")
+        parser.add_argument("--extractor", help="feature extractor weights for --encoders (default: the shipped one)")
+        parser.add_argument("--dim", type=int, help="vector dimension of a NEW index (default: the encoders')")
+        parser.add_argument("--kind", default="flat", help="FAISS index kind of a NEW index: flat, hnsw or ivf")
+        parser.add_argument("--search-threads", type=int, default=1,
+                            help="FAISS threads per search (default 1: concurrency comes from parallel requests)")
+        parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+    def build_app(self, args: argparse.Namespace):
+        import importlib.util
+
+        # python-multipart's module was renamed from multipart to python_multipart; either serves uploads
+        for package, modules in (("fastapi", ["fastapi"]), ("uvicorn", ["uvicorn"]),
+                                 ("python-multipart", ["python_multipart", "multipart"])):
+            if all(importlib.util.find_spec(m) is None for m in modules):
+                raise MissingDependencyError(package, "pip install 'proxylab[service]'", "proxylab serve")
+        from proxylab.service.app import create_app
+        from proxylab.service.auth import load_tokens
+
+        if not 0 <= args.port <= 65535:
+            raise ProxylabError(f"--port must lie in 0..65535, got {args.port}")
+        if args.max_body_mb <= 0:
+            raise ProxylabError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+        index = Path(args.index) if args.index else copy_of_shipped_index()
+        tokens = load_tokens(args.tokens)
+        app = create_app(index, tokens=tokens, open_reads=not args.private,
+                         max_body_bytes=int(args.max_body_mb * (1 << 20)), dim=args.dim, kind=args.kind,
+                         encoders=encoders_factory(args.encoders, args.extractor), search_threads=args.search_threads)
+        if args.encoders:
+            try:  # encoders named explicitly: a bad file stops the start, not the first query hours later
+                app.state.store.encoders()
+            except ProxylabError:
+                app.state.store.close()
+                raise
+        elif not args.index:
+            # the shipped zoo goes with the shipped encoders: load them while uvicorn starts, so the first
+            # sample query does not pay seconds of torch import (a failure is kept and reported as 503 later)
+            import threading
+
+            threading.Thread(target=_warm, args=(app.state.store,), daemon=True).start()
+        writers = sum(1 for s in tokens.values() if s == "write")
+        print(f"proxylab serve: index {index} ({len(app.state.store)} models, dim {app.state.store.index.dim}); "
+              f"{writers} write / {len(tokens) - writers} read tokens; reads "
+              f"{'need a token' if args.private else 'open'}; http://{args.host}:{args.port}/docs", file=sys.stderr)
+        if not writers:
+            print("proxylab serve: no write tokens configured: every registration and deletion will get 401",
+                  file=sys.stderr)
+        return app
+
+    def run(self, args: argparse.Namespace) -> Any:
+        app = self.build_app(args)
+        import uvicorn
+
+        try:
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1,
+                        timeout_graceful_shutdown=10)
+        finally:
+            # uvicorn runs the lifespan shutdown (which saves and unlocks) on a clean stop; this covers a
+            # failed start such as a port in use, where the lifespan never ran
+            app.state.store.close()
+        return None

@@ -1,0 +1,324 @@
+"""The zoo behind the service: a ModelIndex directory plus the rules the HTTP layer needs.
+
+No HTTP here, so the logic is testable without a server. Durability comes from ModelIndex: SQLite (WAL) is
+the source of truth and commits every add/remove before it returns, and the FAISS file is a cache rebuilt on
+open when stale. So a registration acknowledged to a client is on disk, and one killed half-way is absent.
+
+Concurrency: searches run in parallel with writes (ModelIndex allows it); writes take one lock, so the
+duplicate-name check and the add are one step. Across processes, an exclusive flock on the index directory
+keeps a second service from writing the same zoo. Expensive work (probing a model server, encoding a
+signature) happens before the lock is taken, so one slow registration never stalls the others' commits.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from proxylab.errors import ProxylabError, require
+from proxylab.service.payloads import check_vector
+
+log = logging.getLogger("proxylab.service")
+LOCK_NAME = ".proxylab-serve.lock"
+
+
+class NotFound(ProxylabError):
+    """HTTP 404."""
+
+
+class Conflict(ProxylabError):
+    """HTTP 409: the name is taken."""
+
+
+class Unavailable(ProxylabError):
+    """HTTP 503: the service lacks a component (encoders) that this request needs."""
+
+
+def _lock_directory(path: Path):
+    handle = open(path / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ProxylabError(f"another proxylab service is already serving the index '{path}'; stop it or "
+                            "serve a copy") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _holds_an_index(path: Path) -> bool:
+    """True for an index folder; ProxylabError for a folder of other files (never turned into a zoo by mistake)."""
+    from proxylab.retrieval.index import DB_NAME
+
+    if (path / DB_NAME).is_file():
+        return True
+    if path.exists() and (not path.is_dir() or any(p.name != LOCK_NAME for p in path.iterdir())):
+        raise ProxylabError(f"'{path}' holds files but no model index ({DB_NAME}); give an index folder or a new "
+                            "empty one")
+    return False
+
+
+def _default_encoders():
+    try:
+        from proxylab.retrieval.encoders import Encoders
+    except ImportError as e:
+        raise Unavailable(f"this installation has no retrieval encoders ({e}); only vector registration and "
+                          "vector queries are served") from None
+    return Encoders.default()
+
+
+class ZooStore:
+    """A served zoo. ``encoders``: an Encoders object, a zero-argument factory, or None for the shipped ones."""
+
+    def __init__(self, index_dir, encoders: Any = None, dim: Optional[int] = None, kind: str = "flat",
+                 max_array_bytes: int = 256 << 20, probe_timeout: float = 30.0, search_threads: Optional[int] = None):
+        from proxylab.retrieval.index import ModelIndex
+
+        self.path = Path(index_dir).expanduser().resolve()
+        self.max_array_bytes = max_array_bytes
+        self.search_threads = search_threads
+        self.probe_timeout = probe_timeout
+        self._encoders_obj = None if (encoders is None or callable(encoders)) else encoders
+        self._encoders_factory: Callable[[], Any] = encoders if callable(encoders) else _default_encoders
+        self._encoders_error: Optional[str] = None
+        self._encoders_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        fresh = not _holds_an_index(self.path)
+        made_folder = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = _lock_directory(self.path)
+        try:
+            if fresh:
+                if dim is None:
+                    try:
+                        dim = self.encoders().dim
+                    except Unavailable as e:
+                        raise ProxylabError(f"'{self.path}' holds no index yet and its vector size cannot be taken "
+                                            f"from the encoders ({e}); give --dim to create an empty one") from None
+                require(isinstance(dim, int) and dim > 0, f"index dimension must be a positive integer, got {dim!r}")
+                self.index = ModelIndex.create(str(self.path), dim=dim, kind=kind)
+                log.info("created an empty %s index of dimension %d at %s", kind, dim, self.path)
+            else:
+                self.index = ModelIndex.open(str(self.path))
+            self._names: Dict[str, int] = {md["name"]: int(md["id"]) for md in self.index.list()}
+        except BaseException:
+            self._release()
+            if made_folder:  # a failed start leaves no half-made index folder behind
+                import shutil
+
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        self.started = time.time()
+
+    # --- components ---------------------------------------------------------------------------------
+    def encoders(self):
+        """The encoders, loaded once on first use; Unavailable (503) when this installation has none."""
+        if self._encoders_obj is not None:
+            return self._encoders_obj
+        with self._encoders_lock:
+            if self._encoders_obj is None:
+                if self._encoders_error is not None:
+                    raise Unavailable(self._encoders_error)
+                try:
+                    enc = self._encoders_factory()
+                except Unavailable as e:
+                    self._encoders_error = str(e)
+                    raise
+                except ProxylabError as e:
+                    self._encoders_error = f"this service cannot load its encoders: {e}"
+                    raise Unavailable(self._encoders_error) from None
+                if hasattr(self, "index") and enc.dim != self.index.dim:
+                    self._encoders_error = (f"the encoders make {enc.dim}-d vectors but the index at {self.path} "
+                                            f"holds {self.index.dim}-d vectors: serve an index built with them")
+                    raise Unavailable(self._encoders_error)
+                self._encoders_obj = enc
+        return self._encoders_obj
+
+    def encoders_state(self) -> str:
+        if self._encoders_obj is not None:
+            return "loaded"
+        return "unavailable" if self._encoders_error else "not loaded"
+
+    # --- reads ----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, model_id: int, with_vector: bool = False) -> Dict[str, Any]:
+        try:
+            if model_id not in self.index:
+                raise NotFound(f"no model with id {model_id}; GET /v1/models lists the ids")
+            md = dict(self.index.get(model_id))
+            if with_vector:
+                md["vector"] = [float(v) for v in self.index.vector(model_id)]
+        except NotFound:
+            raise
+        except (KeyError, ProxylabError):  # removed between the check and the read
+            raise NotFound(f"no model with id {model_id}; GET /v1/models lists the ids") from None
+        return md
+
+    def list(self, filters: Dict[str, Any], limit: int, offset: int) -> Dict[str, Any]:
+        for attempt in range(3):
+            try:
+                models = self.index.list(filters=filters or None, limit=limit, offset=offset)
+                break
+            except KeyError:  # ModelIndex.list reads metadata after its lock: a concurrent delete; read again
+                if attempt == 2:
+                    raise
+        total = len(self.index.list(filters=filters)) if filters else len(self.index)
+        return {"models": [dict(m) for m in models], "total": total, "limit": limit, "offset": offset}
+
+    def search(self, vector: np.ndarray, k: int, filters: Dict[str, Any]) -> List[Any]:
+        if self.search_threads is not None:
+            import faiss
+
+            # OpenMP's thread count is per calling thread, so it is set in the worker thread that searches
+            faiss.omp_set_num_threads(self.search_threads)
+        return list(self.index.search(vector, k=k, filters=filters or None))
+
+    def encode_query(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        vec = self.encoders().encode_query(images, labels)
+        return np.asarray(vec, dtype=np.float32)
+
+    def rerank(self, hits: List[Any], images: np.ndarray, labels: np.ndarray, method: str) -> Dict[str, Any]:
+        """Re-score the hits whose models are reachable (metadata 'url') with LEEP/NCE on the query's samples.
+
+        Each reachable model is scored on its own, so one model server being down costs only that model its
+        re-score (reported per result) instead of failing the query. Re-scored results come first, best first;
+        the others follow in index order.
+        """
+        from proxylab.retrieval.blackbox import HTTPBlackBox
+        from proxylab.retrieval.rerank import rerank
+
+        rescored, kept, calls = [], [], 0
+        for hit in hits:
+            row = _hit_row(hit)
+            url = hit.metadata.get("url")
+            if not url:
+                row["rerank"] = "skipped: the model was registered without a URL"
+                kept.append(row)
+                continue
+            try:
+                model = HTTPBlackBox(url, timeout=self.probe_timeout)
+                (new_hit,), spent = rerank([hit], lambda _id, m=model: m, images, labels, method=method)
+            except Exception as e:  # noqa: BLE001 - a remote model's failure must not fail the whole query
+                row["rerank"] = f"failed: {type(e).__name__}: {e}"
+                kept.append(row)
+                continue
+            calls += int(spent)
+            if not math.isfinite(new_hit.score):  # JSON cannot carry it, and it ranks nothing
+                row["rerank"] = f"failed: {method} gave {new_hit.score}"
+                kept.append(row)
+                continue
+            row["rerank_score"] = float(new_hit.score)
+            row["rerank"] = method
+            rescored.append(row)
+        rescored.sort(key=lambda r: -r["rerank_score"])
+        return {"results": rescored + kept, "calls": calls}
+
+    # --- writes ---------------------------------------------------------------------------------------
+    def _check_name_free(self, name: str) -> None:
+        if name in self._names:
+            raise Conflict(f"a model named '{name}' is already registered (id {self._names[name]}); pick "
+                           "another name or DELETE it first")
+
+    def _add(self, vector: np.ndarray, metadata: Dict[str, Any]) -> Dict[str, Any]:
+        with self._write_lock:
+            self._check_name_free(metadata["name"])
+            model_id = int(self.index.add(vector, metadata))
+            self._names[metadata["name"]] = model_id
+        return {**metadata, "id": model_id}
+
+    def register_vector(self, vector: Any, metadata: Dict[str, Any]) -> Dict[str, Any]:
+        vec = check_vector(vector, self.index.dim)
+        return self._add(vec, {**metadata, "source": "vector"})
+
+    def register_signature(self, data: bytes, metadata: Dict[str, Any]) -> Dict[str, Any]:
+        from proxylab.service.payloads import load_npz
+
+        self._check_name_free(metadata["name"])  # fail fast; checked again under the write lock
+        load_npz(data, "the signature file", self.max_array_bytes)  # bounded and pickle-free before the real parser
+        enc = self.encoders()
+        from proxylab.retrieval.signature import Signature
+
+        try:
+            sig = Signature.from_bytes(data)
+        except ProxylabError as e:
+            raise ProxylabError(f"the signature is not valid: {e}") from None
+        except Exception as e:  # noqa: BLE001 - untrusted bytes: any parse failure is the upload's fault
+            raise ProxylabError(f"the signature is not valid ({type(e).__name__}: {e}); make it with "
+                                "`proxylab zoo signature`") from None
+        return self._add_signature(sig, metadata, enc, source="signature")
+
+    def register_url(self, url: str, metadata: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
+        """Probe the user's model server ourselves (black box), then register it with its URL for re-ranking."""
+        self._check_name_free(metadata["name"])
+        enc = self.encoders()
+        from proxylab.retrieval.blackbox import HTTPBlackBox
+        from proxylab.retrieval.signature import capture_signature
+
+        try:
+            model = HTTPBlackBox(url, timeout=self.probe_timeout)
+            sig = capture_signature(model, extractor=enc.extractor, seed=seed)
+        except ProxylabError as e:
+            raise ProxylabError(f"probing the model server at {url} failed: {e}") from None
+        except Exception as e:  # noqa: BLE001 - connection refused, timeouts, garbage replies: the URL's fault
+            raise ProxylabError(f"could not probe the model server at {url} ({type(e).__name__}: {e}); check "
+                                "that it runs (`proxylab zoo serve-model`) and that this service can reach it") from None
+        return self._add_signature(sig, {**metadata, "url": url}, enc, source="url")
+
+    def _add_signature(self, sig, metadata: Dict[str, Any], enc, source: str) -> Dict[str, Any]:
+        if "num_classes" in metadata and metadata["num_classes"] != sig.num_classes:
+            raise ProxylabError(f"metadata.num_classes is {metadata['num_classes']} but the signature has "
+                                f"{sig.num_classes} classes; drop it or fix it")
+        try:
+            vec = np.asarray(enc.encode_signature(sig), dtype=np.float32)
+        except ProxylabError as e:
+            raise ProxylabError(f"the signature cannot be encoded: {e}") from None
+        md = {**metadata, "num_classes": int(sig.num_classes), "source": source, "calls": int(sig.calls),
+              "extractor": str(sig.extractor)}
+        return self._add(vec, md)
+
+    def delete(self, model_id: int) -> Dict[str, Any]:
+        with self._write_lock:
+            md = self.get(model_id)
+            self.index.remove(model_id)
+            self._names.pop(md["name"], None)
+        return md
+
+    # --- life cycle -----------------------------------------------------------------------------------
+    def _release(self) -> None:
+        handle, self._dir_lock = getattr(self, "_dir_lock", None), None
+        if handle is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+
+    def close(self) -> None:
+        """Save the FAISS cache (so the next start skips the rebuild) and free the directory. Idempotent."""
+        if self._dir_lock is None:
+            return
+        try:
+            with self._write_lock:
+                self.index.save()
+                self.index.close()
+        finally:
+            self._release()
+
+
+def _hit_row(hit) -> Dict[str, Any]:
+    """A search hit as the JSON the service returns: id, index score, metadata (without the repeated id)."""
+    md = {k: v for k, v in dict(hit.metadata).items() if k != "id"}
+    return {"id": int(hit.id), "score": float(hit.score), "metadata": md}
+
+
+def hit_rows(hits: List[Any]) -> List[Dict[str, Any]]:
+    return [_hit_row(h) for h in hits]

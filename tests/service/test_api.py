@@ -1,0 +1,199 @@
+"""The service's endpoints against a real uvicorn process, through proxylab.service.Client, with numpy oracles."""
+import numpy as np
+import pytest
+
+from proxylab.service import Client, ServiceError
+from tests.service.conftest import ENC_DIM, make_signature, samples
+from tests.service.server import READ_TOKEN, WRITE_TOKEN, Server
+
+TASKS = ("digits", "shapes", "animal")
+FAMILIES = ("resnet", "mobilenet", "vgg")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tokens_file, encoder_files):
+    folder = tmp_path_factory.mktemp("api")
+    srv = Server(folder / "index", tokens_file,
+                 ["--encoders", str(encoder_files["encoders"]), "--extractor", str(encoder_files["extractor"])])
+    srv.start()
+    yield srv
+    assert srv.stop() == 0, srv.log_text()[-2000:]
+
+
+@pytest.fixture(scope="module")
+def zoo(server):
+    """Twelve models registered by vector, with the vectors and metadata kept for the oracles."""
+    rng = np.random.default_rng(0)
+    client = Client(server.url, token=WRITE_TOKEN)
+    models = {}
+    for i in range(12):
+        v = rng.normal(size=ENC_DIM)
+        md = {"name": f"vec-{i}", "task": TASKS[i % 3], "family": FAMILIES[i % 3 if i < 9 else 0],
+              "arch": f"a{i % 2}", "params": 1000 * (i + 1), "num_classes": 2 + i % 4, "note": {"i": i}}
+        row = client.register_vector(v, md)
+        models[row["id"]] = (v / np.linalg.norm(v), md)
+    yield client, models
+    client.close()
+
+
+def brute_force(models, query, k, keep=lambda md: True):
+    q = query / np.linalg.norm(query)
+    scored = [(float(v @ q), mid) for mid, (v, md) in models.items() if keep(md)]
+    scored.sort(key=lambda t: -t[0])
+    return scored[:k]
+
+
+def test_health_reports_the_index(server, zoo):
+    h = Client(server.url).health()
+    assert h["status"] == "ok" and h["dim"] == ENC_DIM and h["models"] >= 12 and h["private"] is False
+
+
+def test_registration_echoes_metadata_and_location(server, zoo):
+    client, models = zoo
+    mid = next(iter(models))
+    row = client.get(mid)
+    assert {k: row[k] for k in models[mid][1]} == models[mid][1]
+    assert row["source"] == "vector" and row["id"] == mid
+    stored = np.array(client.get(mid, vector=True)["vector"])
+    np.testing.assert_allclose(stored, models[mid][0], atol=1e-6)
+
+
+def test_list_filters_and_paging_match_python(zoo):
+    client, models = zoo
+    listed = client.list(limit=1000)
+    ours = {m["id"] for m in listed["models"] if m["name"].startswith("vec-")}
+    assert ours == set(models)
+    filters = {"family": ["resnet", "vgg"], "params_min": 3000, "params_max": 9000}
+    got = client.list(filters, limit=1000)
+    expect = sorted(mid for mid, (_, md) in models.items()
+                    if md["family"] in ("resnet", "vgg") and 3000 <= md["params"] <= 9000)
+    assert [m["id"] for m in got["models"]] == expect and got["total"] == len(expect)
+    pages = [client.list({"task": "digits"}, limit=2, offset=o)["models"] for o in range(0, 10, 2)]
+    flat = [m["id"] for page in pages for m in page]
+    assert flat == sorted(mid for mid, (_, md) in models.items() if md["task"] == "digits")
+
+
+def test_vector_query_ranks_like_brute_force(zoo):
+    client, models = zoo
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        q = rng.normal(size=ENC_DIM)
+        got = client.query(vector=q, k=5)["results"]
+        expect = [mid for _, mid in brute_force(models, q, 5)]
+        assert [r["id"] for r in got] == expect
+        assert [r["rank"] for r in got] == [1, 2, 3, 4, 5]
+        np.testing.assert_allclose([r["score"] for r in got], [s for s, _ in brute_force(models, q, 5)], atol=1e-5)
+
+
+def test_filters_apply_inside_the_search(zoo):
+    client, models = zoo
+    q = np.random.default_rng(6).normal(size=ENC_DIM)
+    got = client.query(vector=q, k=3, filters={"task": "shapes", "num_classes": 3})["results"]
+    expect = brute_force(models, q, 3, lambda md: md["task"] == "shapes" and md["num_classes"] == 3)
+    assert [r["id"] for r in got] == [mid for _, mid in expect] and len(got) == len(expect) > 0
+
+
+def test_signature_registration_and_sample_query(zoo, encoders):
+    client, models = zoo
+    sig = make_signature(encoders, num_classes=3, seed=11)
+    row = client.register_signature(sig.to_bytes(), {"name": "sig-a", "task": "digits", "arch": "linear"})
+    assert row["num_classes"] == 3 and row["calls"] == sig.calls and row["source"] == "signature"
+    stored = np.array(client.get(row["id"], vector=True)["vector"])
+    np.testing.assert_allclose(stored, encoders.encode_signature(sig), atol=1e-6)
+
+    images, labels = samples(seed=2)
+    answer = client.query(images, labels, k=4)
+    q = encoders.encode_query(images, labels)
+    everything = dict(models)
+    everything[row["id"]] = (stored, {})
+    expect = brute_force(everything, q, 4)
+    assert [r["id"] for r in answer["results"]] == [mid for _, mid in expect]
+    np.testing.assert_allclose([r["score"] for r in answer["results"]], [s for s, _ in expect], atol=1e-5)
+    assert answer["calls"] == 0
+
+
+def test_signature_from_a_file_path(zoo, encoders, tmp_path):
+    client, _ = zoo
+    sig = make_signature(encoders, num_classes=4, seed=12)
+    sig.save(tmp_path / "sig.npz")
+    row = client.register_signature(str(tmp_path / "sig.npz"), {"name": "sig-file"})
+    assert row["num_classes"] == 4
+    with pytest.raises(ServiceError) as err:  # the same name twice
+        client.register_signature(sig, {"name": "sig-file"})
+    assert err.value.status == 409 and "already registered" in str(err.value)
+
+
+def test_rerank_scores_reachable_models_with_leep(zoo, encoders):
+    from proxylab.retrieval.model_server import serve_model
+    from proxylab.retrieval.rerank import leep
+    from tests.service.conftest import linear_model
+
+    client, _ = zoo
+    images, labels = samples(n_per_class=3, classes=3, seed=4)
+    servers, expected = [], {}
+    try:
+        for seed in (21, 22):
+            model = linear_model(3, seed)
+            srv = serve_model(model)
+            servers.append(srv)
+            row = client.register_signature(make_signature(encoders, 3, seed),
+                                            {"name": f"served-{seed}", "url": srv.url, "task": "rerank-test"})
+            expected[row["id"]] = leep(linear_model(3, seed).predict_proba(images), labels)
+        answer = client.query(images, labels, k=50, rerank=True)
+    finally:
+        for srv in servers:
+            srv.shutdown()
+    reranked = [r for r in answer["results"] if "rerank_score" in r]
+    assert {r["id"] for r in reranked} == set(expected)
+    assert [r["id"] for r in reranked] == sorted(expected, key=lambda i: -expected[i])
+    for r in reranked:
+        assert r["rerank_score"] == pytest.approx(expected[r["id"]], abs=1e-5)
+    assert answer["results"][: len(reranked)] == reranked  # re-scored models first
+    assert answer["calls"] == 2 * len(images)
+    assert all(r["rerank"].startswith("skipped") for r in answer["results"][len(reranked):])
+
+
+def test_delete_removes_from_get_list_and_query(server, zoo):
+    client, models = zoo
+    row = client.register_vector(np.ones(ENC_DIM), {"name": "to-delete"})
+    assert client.query(vector=np.ones(ENC_DIM), k=1)["results"][0]["id"] == row["id"]
+    assert client.delete(row["id"]) == {"deleted": row["id"], "name": "to-delete"}
+    with pytest.raises(ServiceError) as err:
+        client.get(row["id"])
+    assert err.value.status == 404
+    assert row["id"] not in [r["id"] for r in client.query(vector=np.ones(ENC_DIM), k=50)["results"]]
+    with pytest.raises(ServiceError) as err:
+        client.delete(row["id"])
+    assert err.value.status == 404
+
+
+def test_metrics_count_requests_and_models(server, zoo):
+    client, _ = zoo
+    client.health()
+    text = client.metrics()
+    health = [line for line in text.splitlines()
+              if line.startswith('proxylab_http_requests_total{method="GET",route="/v1/health",status="200"}')]
+    assert len(health) == 1 and int(health[0].split()[-1]) >= 1
+    models = [line for line in text.splitlines() if line.startswith("proxylab_index_models ")]
+    assert float(models[0].split()[-1]) == client.health()["models"]
+    assert 'proxylab_http_request_duration_seconds_bucket{route="/v1/query",le="+Inf"}' in text
+
+
+def test_openapi_describes_every_route(server):
+    import httpx
+
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/v1/health", "/v1/models", "/v1/models/{model_id}", "/v1/query", "/metrics"} <= set(spec["paths"])
+    for path in ("/v1/query", "/v1/models"):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert set(content) == {"application/json", "multipart/form-data"}
+
+
+def test_client_raises_the_server_message(server):
+    with Client(server.url, token=READ_TOKEN) as reader:
+        with pytest.raises(ServiceError) as err:
+            reader.register_vector(np.ones(ENC_DIM), {"name": "nope"})
+    assert err.value.status == 403 and "read" in err.value.server_message
+    with pytest.raises(ServiceError) as err:
+        Client(server.url).query(vector=np.ones(ENC_DIM + 1))
+    assert err.value.status == 422 and str(ENC_DIM) in str(err.value)

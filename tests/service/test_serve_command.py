@@ -1,0 +1,64 @@
+"""`proxylab serve` without --index: a writable copy of the shipped zoo index, or a clear error when absent."""
+import httpx
+import pytest
+
+from proxylab.commands import serve
+from proxylab.errors import ProxylabError
+from proxylab.retrieval.index import ModelIndex
+from tests.service.server import WRITE, Server
+
+
+def make_index(folder, n=3, dim=4):
+    idx = ModelIndex.create(folder, dim=dim)
+    for i in range(n):
+        idx.add([1.0 + i, 0.0, 1.0, 0.0], {"name": f"shipped-{i}", "task": "digits"})
+    idx.save()
+    idx.close()
+    return folder
+
+
+def shipped_count() -> int:
+    """Models in the shipped index, read through a read-only SQLite connection (opening it must write nothing)."""
+    import sqlite3
+
+    db = serve.shipped_index_dir() / "models.sqlite"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+
+
+def test_copy_is_made_once_and_the_source_is_never_written(tmp_path, monkeypatch):
+    source = make_index(tmp_path / "package" / "zoo_index")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    monkeypatch.setattr(serve, "shipped_index_dir", lambda: source)
+    copy = serve.copy_of_shipped_index(tmp_path / "cache")
+    assert copy == tmp_path / "cache" / "zoo_index"
+    idx = ModelIndex.open(copy)
+    assert len(idx) == 3
+    idx.add([0.0, 1.0, 0.0, 0.0], {"name": "mine"})
+    idx.close()
+    assert serve.copy_of_shipped_index(tmp_path / "cache") == copy  # reused: registrations survive restarts
+    assert len(ModelIndex.open(copy)) == 4
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["zoo_index"]  # no temporary copies left behind
+
+
+def test_missing_shipped_index_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(serve, "shipped_index_dir", lambda: tmp_path / "absent")
+    with pytest.raises(ProxylabError, match="--index DIR"):
+        serve.copy_of_shipped_index(tmp_path / "cache")
+
+
+@pytest.mark.skipif(not (serve.shipped_index_dir() / "models.sqlite").is_file(),
+                    reason="the shipped zoo index is not built yet")
+def test_serve_without_index_serves_a_copy_of_the_shipped_zoo(tmp_path, tokens_file):
+    n = shipped_count()
+    srv = Server(tmp_path / "log", tokens_file, serve_index=False, env={"PROXYLAB_CACHE": str(tmp_path / "cache")})
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url) as http:
+            assert http.get("/v1/health").json()["models"] == n
+            mid = http.get("/v1/models", params={"limit": 1}).json()["models"][0]["id"]
+            assert http.delete(f"/v1/models/{mid}", headers=WRITE).status_code == 200
+    finally:
+        assert srv.stop() == 0
+    assert shipped_count() == n  # the package's own index is untouched
