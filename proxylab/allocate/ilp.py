@@ -45,6 +45,11 @@ def check_layer_scores(scores, problem: AllocationProblem) -> np.ndarray:
 def _native_stdout_silenced() -> Iterator[None]:
     """HiGHS (scipy 1.17) prints a debug line from C++ straight to file descriptor 1 when presolve maps a
     solution back; it would corrupt `--format json` output, so fd 1 points at /dev/null while it runs."""
+    if sys.stdout is not sys.__stdout__:
+        # A notebook kernel (or pytest's capture) owns fd 1 through its own pipe and reader thread; swapping
+        # the fd under it is what we must not do there, and nothing parses that stream as JSON anyway.
+        yield
+        return
     try:
         sys.stdout.flush()
         saved = os.dup(1)

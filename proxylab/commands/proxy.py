@@ -48,24 +48,59 @@ class ProxyEval(Command):
         parser.add_argument("--batch-size", type=int, default=64, help="calibration images for the statistics")
         parser.add_argument("--seed", type=int, default=0, help="seed of the calibration batch")
         parser.add_argument("--no-cache", action="store_true", help="recompute the statistics, do not read/write the cache")
+        parser.add_argument("--plot", metavar="FILE.png",
+                            help="also draw proxy score against accuracy (one panel per valid proxy) into FILE.png")
 
     def run(self, args: argparse.Namespace) -> Any:
         from proxylab.bench import load_table
         from proxylab.proxy import KNOWN_PROXIES, parse_proxy
         from proxylab.proxy.report import evaluate_many
 
+        if args.plot:  # a missing matplotlib or a bad file name fails before the statistics pass
+            from proxylab.plots import check_plot_path, require_matplotlib
+
+            require_matplotlib()
+            check_plot_path(args.plot)
         table = load_table(args.bench)
         proxies = [KNOWN_PROXIES.get(n) for n in KNOWN_PROXIES.names()] if args.all_known else [parse_proxy(args.proxy)]
         hessian = any(p.uses_hessian for p in proxies)
         stats = self._stats(args, table, hessian)
         rows = evaluate_many(proxies, table, stats, args.split)
+        plotted = self._plot(args, proxies, rows, table, stats) if args.plot else False
         if args.all_known:
             return rows
         row = dict(rows[0])
         row["formula"] = str(proxies[0])
         if not row["valid"]:
             row["note"] = "invalid proxy: " + row["reason"]
+        if args.plot:
+            row["plot"] = args.plot if plotted else "not written: an invalid proxy has no scores to draw"
         return row
+
+    def _plot(self, args, proxies, rows, table, stats) -> bool:
+        """Scatter of every valid proxy's scores on the split against the measured accuracies."""
+        import sys
+
+        from proxylab.plots import proxy_scatter
+        from proxylab.proxy.report import scores_on_table
+
+        panels = {}
+        for proxy, row in zip(proxies, rows):
+            if not row["valid"]:
+                continue
+            formula = str(proxy)
+            name = row["proxy"] if row["proxy"] == formula else f"{row['proxy']}: {formula}"
+            panels[name] = scores_on_table(proxy, table, stats, args.split)
+        skipped = [r["proxy"] for r in rows if not r["valid"]]
+        if not panels:
+            print(f"no picture written: no valid proxy to draw ({', '.join(skipped)})", file=sys.stderr)
+            return False
+        acc = table.acc[table.split(args.split)]
+        proxy_scatter(panels, acc, args.plot, title=f"{table.name}: {args.split} split",
+                      noise_ceiling=rows[0]["noise_ceiling"])
+        note = f" (left out, invalid here: {', '.join(skipped)})" if skipped else ""
+        print(f"wrote {args.plot}{note}", file=sys.stderr)
+        return True
 
     def _stats(self, args, table, hessian: bool):
         from proxylab.stats import compute_stats, default_cache_dir, stats_for_table
