@@ -34,12 +34,21 @@ class Allocate(Command):
                             help="activation values kept per layer (OMPQ needs >= 3 images' worth on wide layers)")
         parser.add_argument("--no-cache", action="store_true", help="recompute the statistics instead of using the cache")
         parser.add_argument("--out", help="folder to write allocation.json (the answer and the resolved arguments)")
+        parser.add_argument("--plot", metavar="FILE.png",
+                            help="with --measure: size vs accuracy per allocator and the Pareto front (PNG)")
 
     def run(self, args: argparse.Namespace) -> Any:
         from proxylab.allocate import ALLOCATORS, AllocationProblem, parse_budget, run_allocator
 
         from proxylab.allocate.problem import validate_bit_choices
 
+        if args.plot:
+            if not args.measure:
+                raise ProxylabError("--plot draws measured accuracy: add --measure")
+            from proxylab.plots import check_plot_path, require_matplotlib
+
+            require_matplotlib()
+            check_plot_path(args.plot)  # fail before the slow statistics pass, not after
         args.proxy = _proxy_argument(args.proxy, args.proxy_file)
         budget = parse_budget(args.budget)
         bits = validate_bit_choices(parse_bits_list(args.bits))
@@ -87,6 +96,8 @@ class Allocate(Command):
 
         if args.out:
             _write(Path(args.out), args, source, budget, answers)
+        if args.plot:
+            _plot(args, source, budget, rows)
         if len(answers) == 1:
             res, row = answers[0]
             out: Dict[str, Any] = {"network": source, "budget": budget.describe()}
@@ -138,6 +149,18 @@ def _stats(model, dataset, bits, args, hessian: bool):
                          batch_size=args.batch_size, seed=args.seed, hessian=hessian,
                          act_max_elements=args.act_max_elements,
                          cache_dir=None if args.no_cache else default_cache_dir())
+
+
+def _plot(args, source: str, budget, rows) -> None:
+    from proxylab.plots import pareto
+
+    background = None
+    if args.bench:  # every configuration of the table in grey shows where the allocations sit among them
+        from proxylab.bench import load_table
+
+        t = load_table(args.bench)
+        background = (t.size_mb, t.acc)
+    pareto(rows, args.plot, background=background, title=f"{source}: {budget.describe()}")
 
 
 def _write(out: Path, args, source: str, budget, answers) -> None:

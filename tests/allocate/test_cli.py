@@ -124,3 +124,22 @@ def test_bad_proxy_file(user_net, capsys, tmp_path, content, extra, message):
 def test_exactly_one_network_source(capsys):
     code, _, err = _run(capsys, ["allocate", "--proxy", "emq", "--budget", "size_mb=1"])
     assert code == 2 and "exactly one of --net" in err
+
+
+def test_allocate_plot_draws_every_allocator(user_net, capsys, tmp_path):
+    folder, model, ds = user_net
+    png = tmp_path / "pareto.png"
+    code, out, err = _run(capsys, _base(folder) + ["--proxy", "emq", "--budget", "size_mb=0.0009", "--measure",
+                                                   "--allocator", "all", "--plot", str(png)])
+    assert code == 0, err
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)
+    assert img.ndim == 3 and img[..., :3].std() > 0.01  # something drawn, not a blank canvas
+
+
+def test_allocate_plot_needs_measure(user_net, capsys, tmp_path):
+    folder, model, ds = user_net
+    code, out, err = _run(capsys, _base(folder) + ["--proxy", "emq", "--budget", "size_mb=0.0009",
+                                                   "--plot", str(tmp_path / "p.png")])
+    assert code == 2 and "--measure" in err
