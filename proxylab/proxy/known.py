@@ -3,8 +3,9 @@
 Sign convention: higher score = the configuration is predicted to be more accurate. Sensitivity measures
 (a bigger perturbation is worse) are therefore negated. "Bit-weighted" follows EMQ's baselines: a
 zero-cost saliency, which alone would be constant over bit configurations, is multiplied per layer by the
-layer's bit-width. All but ``ompq`` are formulas in the proxy language, so they print, parse and hash
-like any searched proxy; ``ompq`` needs cross-layer statistics and is written out below.
+layer's bit-width. All but ``ompq`` and ``synflow`` are formulas in the proxy language, so they print, parse
+and hash like any searched proxy; ``ompq`` needs cross-layer statistics and ``synflow`` a float64 statistic of
+a differently linearized network (both from ``proxylab.stats.extras``), so they are written out below.
 """
 from __future__ import annotations
 
@@ -60,12 +61,6 @@ _formula(
     "Bit-weighted SNIP (Lee et al., ICLR 2019; EMQ's bsnip): sum over layers of b * sum|dL/dW * W|.",
 )
 _formula(
-    "synflow",
-    "sum_layers(smul(bits, smul(params, mean(abs(mul(V, W))))))",
-    "Bit-weighted SynFlow (Tanaka et al., NeurIPS 2020; EMQ's bsynflow): sum over layers of b * sum|V * W| with V "
-    "the virtual gradient (all-ones input, sum of logits).",
-)
-_formula(
     "fisher",
     "sum_layers(smul(bits, smul(params, mean(F))))",
     "Bit-weighted Fisher (Theis et al. 2018; zero-cost NAS, Abdelfattah et al., ICLR 2021): sum over layers of "
@@ -102,26 +97,51 @@ def _common_acts(stats) -> list:
     return [a[:n].reshape(n, -1).to(torch.float64) for a in acts]
 
 
+OMPQ_SOURCES = ("gram", "act")
+
+
+def _grams(stats, source: str = "gram") -> list:
+    """X_l X_l^T per layer [n, n] float64. source "gram": over the whole batch, from the stats extras
+    (compute_stats makes them; stats without extras fall back to "act"); "act": from the images ``act`` kept."""
+    if source == "gram" and "gram" in stats.extras:
+        grams = [stats.gram(l).to(torch.float64) for l in range(len(stats.layer_names))]
+        if grams[0].shape[0] < 3:
+            raise InvalidProxy(stats.layer_names[0], "ompq",
+                               f"orthogonality needs at least 3 images, the batch had {grams[0].shape[0]}")
+        return grams
+    return [x @ x.T for x in _common_acts(stats)]
+
+
 class OMPQ(BaseProxy):
     """OMPQ (Ma et al., AAAI 2023), bit-weighted as in EMQ's baseline.
 
-    Definition (proxylab): for each layer l, X_l is its output on the n images all layers kept, flattened per
-    image; K_l = X_l X_l^T is centred (H K H); the orthogonality between layers is linear CKA,
-    c(l, j) = <K_l, K_j>_F / (||K_l||_F ||K_j||_F); gamma_l = sum over j != l of c(l, j) (how redundant
-    layer l's features are with the others'); the layer's importance is exp(-gamma_l) (OMPQ's e^{-x} with
-    beta = 1); the score is mean over layers of exp(-gamma_l) * b_l. Higher predicts more accurate.
+    Definition (proxylab): for each layer l, X_l is its output on the calibration batch's n images (64 by
+    default), flattened per image; K_l = X_l X_l^T is centred (H K H); the orthogonality between layers is
+    linear CKA, c(l, j) = <K_l, K_j>_F / (||K_l||_F ||K_j||_F); gamma_l = sum over j != l of c(l, j) (how
+    redundant layer l's features are with the others'); the layer's importance is exp(-gamma_l) (OMPQ's e^{-x}
+    with beta = 1); the score is mean over layers of exp(-gamma_l) * b_l. Higher predicts more accurate.
+    ``source="gram"`` (default, the registered known proxy and the ompq allocator) takes the Gram matrices
+    from ``stats.gram`` (all n images); stats without them fall back to ``source="act"``: the few images the
+    ``act`` tensor kept (at least 3 needed; 2 on ResNet-20, hence the NaN this proxy used to be), which is
+    what every OMPQ figure computed before the stats extras existed used.
     """
+
+    def __init__(self, source: str = "gram"):
+        if source not in OMPQ_SOURCES:
+            raise ValueError(f"OMPQ source must be one of {OMPQ_SOURCES}, got {source!r}")
+        self.source_kind = source
 
     name = "ompq"
     aggregator = "mean_layers"
     source = (
         "OMPQ (Ma et al., AAAI 2023), bit-weighted like EMQ's baseline: mean over layers of exp(-gamma_l) * b_l, "
-        "gamma_l = sum of linear-CKA similarities of layer l's outputs with every other layer's."
+        "gamma_l = sum of linear-CKA similarities of layer l's outputs with every other layer's (over the "
+        "calibration batch)."
     )
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(b"known:ompq").hexdigest()
+        return hashlib.sha256(b"known:ompq" if self.source_kind == "gram" else b"known:ompq:act").hexdigest()
 
     @property
     def formula(self) -> str:
@@ -131,14 +151,14 @@ class OMPQ(BaseProxy):
         return "ompq"
 
     def __repr__(self) -> str:
-        return "OMPQ()"
+        return f"OMPQ(source={self.source_kind!r})"
 
     def importance(self, stats) -> np.ndarray:
         """exp(-gamma_l) per layer, all layers' Gram matrices compared in one matrix product."""
-        acts = _common_acts(stats)
-        n = acts[0].shape[0]
+        raw = _grams(stats, self.source_kind)
+        n = raw[0].shape[0]
         centre = torch.eye(n, dtype=torch.float64) - 1.0 / n
-        grams = torch.stack([centre @ (x @ x.T) @ centre for x in acts]).reshape(len(acts), -1)
+        grams = torch.stack([centre @ k @ centre for k in raw]).reshape(len(raw), -1)
         norms = torch.linalg.vector_norm(grams, dim=1)
         zero = torch.nonzero(norms == 0)
         if len(zero):
@@ -156,13 +176,11 @@ class OMPQ(BaseProxy):
         """From scratch with numpy, one pair of layers at a time (the oracle for ``layer_table``)."""
         bits = np.asarray(bits_row).ravel()
         bits_to_columns(bits[None], stats.bit_choices, stats.layer_names)  # same validation as the fast path
-        acts = [a.numpy() for a in _common_acts(stats)]
 
-        def centred_gram(x):
-            k = x @ x.T
+        def centred(k):
             return k - k.mean(0)[None, :] - k.mean(1)[:, None] + k.mean()
 
-        grams = [centred_gram(x) for x in acts]
+        grams = [centred(k.numpy()) for k in _grams(stats, self.source_kind)]
         total = 0.0
         for l, kl in enumerate(grams):
             gamma = 0.0
@@ -173,5 +191,75 @@ class OMPQ(BaseProxy):
         return total / len(grams)
 
 
-KNOWN_PROXIES.add("ompq", OMPQ(), help=OMPQ.source)
+def _synflow_logs(stats) -> np.ndarray:
+    """log(params * mean|V * W|) per layer: the float64 extras when present, else from the float32 ``V``."""
+    if "synflow_log" in stats.extras:
+        return stats.synflow_log()
+    out = []
+    for l in range(len(stats.layer_names)):
+        v = stats.tensor(l, "virtual_grad").to(torch.float64)
+        w = stats.tensor(l, "weight").to(torch.float64)
+        s = float((v * w).abs().mean()) * float(stats.params[l])
+        out.append(math.log(s) if s > 0 else -math.inf)
+    return np.array(out, dtype=np.float64)
 
+
+class SynFlow(BaseProxy):
+    """Bit-weighted SynFlow (Tanaka et al., NeurIPS 2020; EMQ's bsynflow): sum over layers of
+    b_l * params_l * mean|V_l * W_l|, V the virtual gradient (all-ones input, sum of logits) of the network with
+    every affine map made positive. Bounded activations (ReLU6) are taken as ReLUs there, as SynFlow assumes
+    (see proxylab.stats.extras: with ReLU6 MobileNetV2's virtual gradient is zero below the head).
+
+    The saliencies arrive as logs and are divided by the largest one, exp(s_l - max s): one positive factor
+    for every configuration, so ranks are those of the raw sum while nothing overflows or underflows.
+    Equal, up to that factor, to the formula sum_layers(smul(bits, smul(params, mean(abs(mul(V, W)))))) on
+    networks without bounded activations. Higher predicts more accurate.
+    """
+
+    name = "synflow"
+    aggregator = "sum_layers"
+    source = (
+        "Bit-weighted SynFlow (Tanaka et al., NeurIPS 2020; EMQ's bsynflow): sum over layers of b * sum|V * W| with V "
+        "the virtual gradient (all-ones input, sum of logits, positive-linearized float64 network, ReLU6 as ReLU)."
+    )
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(b"known:synflow").hexdigest()
+
+    @property
+    def formula(self) -> str:
+        return "synflow"
+
+    def __str__(self) -> str:
+        return "synflow"
+
+    def __repr__(self) -> str:
+        return "SynFlow()"
+
+    def saliency(self, stats) -> np.ndarray:
+        """exp(s_l - max s) per layer [L]; InvalidProxy when a value is NaN/+inf or every layer is zero."""
+        logs = _synflow_logs(stats)
+        bad = np.flatnonzero(np.isnan(logs) | (logs == np.inf))
+        if len(bad):
+            raise InvalidProxy(stats.layer_names[int(bad[0])], "synflow", f"log saliency is {logs[bad[0]]}")
+        if not np.isfinite(logs).any():
+            raise InvalidProxy(stats.layer_names[0], "synflow", "every layer's virtual gradient is zero")
+        return np.exp(logs - logs[np.isfinite(logs)].max())
+
+    def layer_table(self, stats, dtype=torch.float64, threads=1) -> np.ndarray:
+        return self.saliency(stats)[:, None] * np.asarray(stats.bit_choices, dtype=np.float64)[None, :]
+
+    def score_naive(self, stats, bits_row) -> float:
+        """Per configuration, in the log domain: log-sum-exp of log b_l + s_l, minus the largest s."""
+        bits = np.asarray(bits_row).ravel()
+        bits_to_columns(bits[None], stats.bit_choices, stats.layer_names)
+        logs = _synflow_logs(stats)
+        top = logs[np.isfinite(logs)].max()
+        terms = [math.log(float(b)) + s - top for b, s in zip(bits, logs) if np.isfinite(s)]
+        peak = max(terms)
+        return math.exp(peak) * sum(math.exp(t - peak) for t in terms)
+
+
+KNOWN_PROXIES.add("ompq", OMPQ(), help=OMPQ.source)
+KNOWN_PROXIES.add("synflow", SynFlow(), help=SynFlow.source)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from proxylab.errors import ProxylabError
+from proxylab.quant.buffers import BufferPool
 from proxylab.quant.cost import bitops as _bitops
 from proxylab.quant.cost import size_mb as _size_mb
 from proxylab.quant.fold import fold_batchnorms
@@ -45,6 +46,9 @@ class QuantizedNetwork:
         fold_bn: fold each BatchNorm into the conv before it (default), so the weights quantized are the
             deployed ones; per-channel quantization commutes with the fold, and the folded network runs faster.
     ``params``/``macs`` count the network as given (BN parameters included in their conv's count).
+    Inference (no autograd) writes each quantized layer input into a pooled tensor reused from pass to pass
+    (``proxylab.quant.buffers``): a few layer inputs' worth of memory is kept per batch shape in use.
+    One QuantizedNetwork serves one thread at a time (``apply`` changes it in place anyway).
     """
 
     def __init__(
@@ -106,10 +110,20 @@ class QuantizedNetwork:
         self._current: List[Optional[int]] = [None] * len(self.layers)  # None = float weights in place
         # Layers that read the same tensor (a block's first conv and its downsample conv) were calibrated on
         # the same values, so they share one quantized copy per forward pass instead of quantizing twice.
-        self._shared: Dict[int, Tuple[torch.Tensor, Tuple[float, int, int], torch.Tensor]] = {}
-        clear = lambda *_: self._shared.clear()  # noqa: E731
-        self._hooks = [self.model.register_forward_pre_hook(clear), self.model.register_forward_hook(clear)]
+        self._shared: Dict[int, Tuple[torch.Tensor, Tuple[float, int, int], torch.Tensor, int]] = {}
+        # Quantized inputs are written into pooled tensors (no page faults per pass, see buffers.py). A layer's
+        # buffer goes back to the pool once the layer has run ("lent"), unless another layer reuses it in the
+        # same pass ("held" until the pass ends). _producers: the layers whose quantized input another layer
+        # reused on the probe batch; None while unknown (then every shared copy is held).
+        self._pool = BufferPool()
+        self._lent: List[torch.Tensor] = []
+        self._held: List[torch.Tensor] = []
+        self._producers: Optional[set] = None
+        self._reused: set = set()
+        self._hooks = [self.model.register_forward_pre_hook(lambda *_: self._end_pass(trim=False)),
+                       self.model.register_forward_hook(lambda *_: self._end_pass(trim=True))]
         self._hooks += [m.register_forward_pre_hook(self._act_hook(i)) for i, m in enumerate(self.layers)]
+        self._hooks += [m.register_forward_hook(self._release_lent) for m in self.layers]
         self._share = self.act_bits is not None and self._sharing_is_exact(calib_x[:16])
 
     # ---- calibration and precomputation -------------------------------------------------------------
@@ -179,22 +193,50 @@ class QuantizedNetwork:
             x, key = inputs[0], (q.scale, q.zero_point, q.bits)
             seen = self._shared.get(id(x)) if self._share else None
             if seen is not None and seen[0] is x and seen[1] == key:
+                self._reused.add(seen[3])
                 return (seen[2],) + tuple(inputs[1:])
-            out = q(x)
-            self._shared[id(x)] = (x, key, out)  # holding x keeps its id from being reused in this pass
+            # Autograd keeps a layer's input for the backward pass: reuse buffers only when it records nothing.
+            buf = None if torch.is_grad_enabled() else self._pool.take(x)
+            out = q(x, out=buf)
+            if self._share and (self._producers is None or i in self._producers):
+                self._shared[id(x)] = (x, key, out, i)  # holding x keeps its id from being reused in this pass
+                if buf is not None:
+                    self._held.append(buf)
+            elif buf is not None:
+                self._lent.append(buf)
             return (out,) + tuple(inputs[1:])
 
         return hook
 
+    def _release_lent(self, *_) -> None:
+        """After a layer ran: its quantized input is read by nobody else, so the buffer can serve the next."""
+        for buf in self._lent:
+            self._pool.give(buf)
+        self._lent.clear()
+
+    def _end_pass(self, trim: bool) -> None:
+        """At both ends of a forward pass (the start too, in case the last pass raised midway)."""
+        self._shared.clear()
+        self._release_lent()
+        for buf in self._held:
+            self._pool.give(buf)
+        self._held.clear()
+        if trim:
+            self._pool.end_pass()
+
     def _sharing_is_exact(self, probe: torch.Tensor) -> bool:
         """A network that changed a tensor in place between two of its readers would make the shared copy
-        stale: keep sharing only if it leaves the output bit-identical on a probe batch."""
+        stale: keep sharing only if it leaves the output bit-identical on a probe batch. The shared pass also
+        records which layers' copies are reused, so only those are held for the rest of a pass."""
         self._act_on = True
         try:
             self._share = False
             alone = self.predict(probe)
-            self._share = True
-            return torch.equal(self.predict(probe), alone)
+            self._share, self._producers = True, None
+            self._reused.clear()
+            exact = torch.equal(self.predict(probe), alone)
+            self._producers = set(self._reused)
+            return exact
         finally:
             self._act_on = False
 

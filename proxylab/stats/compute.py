@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from proxylab.errors import ProxylabError, require
 from proxylab.stats import cache as stats_cache
+from proxylab.stats import extras as stats_extras
 from proxylab.stats.collect import activations_and_grads, empirical_fisher, hessian_scalars, virtual_grads
 from proxylab.stats.network_stats import NetworkStats
 
@@ -124,9 +125,13 @@ def compute_stats(
       hessian_eig   dominant eigenvalue of H_ll (largest |lambda|, signed) by power iteration, at most
                     ``hessian_iters`` products, stopping at relative change < ``hessian_tol``.
     Probes and start vectors are seeded from ``seed``. ``hessian=False`` skips the last two (the costly part).
+    Extras (proxylab.stats.extras, always made, cheap): ``gram(l)``, the [n, n] Gram matrix of each layer's
+    output over every image of the batch (OMPQ), and ``synflow_log()``, float64 log SynFlow saliencies with
+    bounded activations taken as ReLUs (the synflow proxy).
 
     With ``cache_dir`` the result is stored under a key made of the sha256 of the model's state_dict, the
-    sha256 of the drawn batch, batch size, seed and every option above, and read back on the next call.
+    sha256 of the drawn batch, batch size, seed and every option above, and read back on the next call; the
+    extras go to their own entry under ``cache_dir/extras/``, so entries written before them stay valid.
     """
     require(isinstance(model, nn.Module), f"model must be a torch.nn.Module, got {type(model).__name__}")
     bits = _validate_bits(bit_choices)
@@ -159,17 +164,22 @@ def compute_stats(
         "batch": stats_cache.tensors_sha256(xb, yb), "batch_size": batch_size, "seed": int(seed), **options,
     })
     folder = Path(cache_dir).expanduser() if cache_dir is not None else None
+    st = None
     if folder is not None:
         hit = stats_cache.load_entry(folder, key)
         st = _stats_from_entry(hit, bits) if hit is not None else None
         if st is not None:
             st.meta["cache_hit"] = True
-            return st.fill_qerr()
+    if st is None:
+        st = _compute(model, xb, yb, bits, int(seed), bool(hessian), options, key)
+        if folder is not None:
+            st.meta["cache_path"] = str(stats_cache.save_entry(folder, key, st.to_dict()))
+        st.meta["cache_hit"] = False
+    # Extras have their own cache entry (see extras.py), so entries written before them stay valid as they are.
+    from proxylab.quant import quantizable_layers
 
-    st = _compute(model, xb, yb, bits, int(seed), bool(hessian), options, key)
-    if folder is not None:
-        st.meta["cache_path"] = str(stats_cache.save_entry(folder, key, st.to_dict()))
-    st.meta["cache_hit"] = False
+    layers = list(quantizable_layers(model, xb[:1]))
+    st.extras.update(stats_extras.load_or_compute(model, layers, xb, st.params, folder, key))
     return st.fill_qerr()
 
 

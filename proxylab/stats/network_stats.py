@@ -10,6 +10,8 @@ What each layer holds (all float32, CPU unless moved with ``to``):
 - ``fisher``        empirical Fisher diagonal: sum over the batch of the per-sample gradient squared.
 - ``qerr(l, b)``    W - Q_b(W) with proxylab.quant.quantize_weight (per-channel RTN), made from ``weight``.
 - scalars ``hessian_trace`` (Hutchinson) and ``hessian_eig`` (power iteration) of the layer's Hessian block.
+- extras (``proxylab.stats.extras``, when computed): ``gram(l)`` the [n, n] Gram matrix of the layer's output
+  over the whole batch (OMPQ) and ``synflow_log()`` per-layer log SynFlow saliencies (the synflow proxy).
 
 Layers are indexed by position (forward order of proxylab.quant.quantizable_layers) or by module name.
 """
@@ -38,6 +40,7 @@ class NetworkStats:
         tensors: Dict[str, List[torch.Tensor]],
         scalars: Dict[str, Sequence[float]],
         meta: Optional[Dict[str, Any]] = None,
+        extras: Optional[Dict[str, Any]] = None,
     ):
         self.layer_names: List[str] = list(layer_names)
         self.bit_choices: Tuple[int, ...] = tuple(int(b) for b in bit_choices)
@@ -57,6 +60,11 @@ class NetworkStats:
         self.meta: Dict[str, Any] = dict(meta or {})
         self._index = {name: i for i, name in enumerate(self.layer_names)}
         self._qerr: Dict[Tuple[int, int], torch.Tensor] = {}
+        self.extras: Dict[str, Any] = dict(extras or {})
+        if "gram" in self.extras and len(self.extras["gram"]) != n:
+            raise ValueError(f"extras 'gram' has {len(self.extras['gram'])} layers, expected {n}")
+        if "synflow_log" in self.extras and len(self.extras["synflow_log"]) != n:
+            raise ValueError(f"extras 'synflow_log' has {len(self.extras['synflow_log'])} layers, expected {n}")
 
     # ----------------------------------------------------------------- lookup
     def __len__(self) -> int:
@@ -119,6 +127,22 @@ class NetworkStats:
         """All layers' values of one scalar, as a float64 array [L]."""
         return np.array([self.scalar(i, key) for i in range(len(self))], dtype=np.float64)
 
+    def _extra(self, key: str):
+        if key not in self.extras:
+            raise ProxylabError(
+                f"these stats have no '{key}' (made by proxylab.stats.compute_stats since stats extras v1): "
+                "recompute them with compute_stats / stats_for_table"
+            )
+        return self.extras[key]
+
+    def gram(self, layer_idx: LayerRef) -> torch.Tensor:
+        """X X^T [n, n] float64 of the layer's output flattened per image, over every image of the batch."""
+        return self._extra("gram")[self.layer_index(layer_idx)]
+
+    def synflow_log(self) -> np.ndarray:
+        """log(params * mean|V * W|) per layer [L] float64, SynFlow's linearization with ReLUs (see extras)."""
+        return np.asarray(self._extra("synflow_log"), dtype=np.float64)
+
     @property
     def has_hessian(self) -> bool:
         return all(k in self._scalars for k in SCALAR_KEYS)
@@ -141,6 +165,7 @@ class NetworkStats:
             {k: [t.to(device) for t in ts] for k, ts in self._tensors.items()},
             self._scalars,
             self.meta,
+            {k: ([t.to(device) for t in v] if k == "gram" else v) for k, v in self.extras.items()},
         )
         out._qerr = {k: t.to(device) for k, t in self._qerr.items()}
         return out
@@ -163,6 +188,7 @@ class NetworkStats:
             "scalars": {k: [float(x) for x in v] for k, v in self._scalars.items()},
             # through JSON so only plain types reach the file (weights_only loading refuses anything else)
             "meta": json.loads(json.dumps(self.meta, default=str)),
+            **({"extras": dict(self.extras)} if self.extras else {}),
         }
 
     @classmethod
@@ -175,6 +201,7 @@ class NetworkStats:
             d["tensors"],
             d["scalars"],
             d["meta"],
+            d.get("extras"),
         )
 
     def __repr__(self) -> str:

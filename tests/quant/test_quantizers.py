@@ -1,4 +1,6 @@
 """Weight and activation quantizers against plain numpy implementations."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,30 @@ def test_act_quantizer_channels_last_and_bad_bits():
     assert torch.equal(q(x), q.reference(x.contiguous()))
     with pytest.raises(ProxylabError):
         ActQuantizer(0)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 12])
+@pytest.mark.parametrize("lo, hi", [(0.0, 3.7), (-1.3, 2.9), (-5.0, -0.5)])
+def test_act_quantizer_is_bit_identical_to_torch_kernels(bits, lo, hi):
+    """The four-pass kernel equals torch's fused fake-quant (and, at 8 bits, quantize + dequantize), including
+    exact ties k + 0.5 on the grid, their float neighbours and values far outside the range."""
+    q = ActQuantizer(bits).set_range(lo, hi)
+    s = np.float32(q.scale)
+    k = np.arange(-q.zero_point - 3, 2**bits - q.zero_point + 3, dtype=np.float32)
+    ties = (k + np.float32(0.5)) * s
+    edges = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf)),
+                            k * s, np.float32([1e30, -1e30, 0.0, -0.0])])
+    g = torch.Generator().manual_seed(bits)
+    x = torch.cat([torch.from_numpy(edges), (torch.rand(20000, generator=g) * 1.4 - 0.2) * (hi - lo) + lo])
+    x = x[: len(x) // 8 * 8].reshape(-1, 2, 2, 2)
+    got = q(x)
+    assert torch.equal(got, q.reference(x))
+    if bits == 8:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qdq = torch.quantize_per_tensor(x, q.scale, q.zero_point, torch.quint8).dequantize()
+        # the quint8 kernel's int32 wraps around beyond 2**31 grid steps (1e30 -> zero point instead of the top)
+        sane = x.abs() < 1e6
+        assert torch.equal(got[sane], qdq[sane])
+    buf = torch.empty_like(x)
+    assert q(x, out=buf) is buf and torch.equal(buf, got)
