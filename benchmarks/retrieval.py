@@ -1,0 +1,112 @@
+"""Black-box model retrieval on the zoo's held-out models: proxylab (index, index + re-rank) vs baselines.
+
+    .venv/bin/python benchmarks/retrieval.py [--zoo runs/zoo200] [--shots 5,10,20] [--seeds 0] [--rerank-k 10]
+writes benchmarks/results/retrieval.csv (one row per method x query kind), retrieval_queries.csv (one row per
+method x query) and retrieval_targets.csv (the issue's targets, met or not).
+
+Setting (details: proxylab.retrieval.evaluate): the encoders were trained on the zoo's train half
+(proxylab.retrieval.train_encoders.split_models: a seeded draw per model id, 95 of the 200 models); this
+script indexes ONLY the other 105, which the encoders never saw. Queries are few-shot support sets (5/10/20 labelled images per
+class) from TEST splits: same_task queries from the zoo's source tasks, new_task queries from held-out class
+subsets and a held-out labelling no model, extractor or encoder was trained on.
+
+Definitions
+- Ground truth: the oracle (proxylab.retrieval.oracle): accuracy of a linear probe on a model's penultimate
+  features, fit on the query's support images, scored on the query task's held-out scoring images.
+- Relevant models: same_task = the models trained on the query's source task; new_task = the 5 models with
+  the highest oracle accuracy on that query (ties by id).
+- Recall@k: the fraction of queries with at least one relevant model in the method's top k (TANS's
+  query-level recall; = Hit@k). best_in_top5: the fraction whose oracle-best model is in the top 5.
+- top1_task (same_task only): the fraction of queries whose top-1 model was trained on the query's task.
+- weighted_tau: scipy.stats.weightedtau between the method's scores (minus rank position for the two-stage
+  methods) and the oracle accuracies over all indexed models, averaged over queries.
+- ndcg_at_5: NDCG@5 with gain = oracle accuracy min-max scaled over the indexed models of the query.
+- regret: best oracle accuracy minus the oracle accuracy of the method's top-1 model.
+- calls_per_query: images sent to zoo models (a call = one image); latency_ms_median: per query, query
+  encoding + search, plus the measured time of the models a method runs (in-process, this CPU, under load).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COLUMNS = ["method", "query_kind", "queries", "top1_task", "recall_at_1", "recall_at_5", "recall_at_10", "best_in_top5",
+           "weighted_tau", "ndcg_at_5", "regret", "calls_per_query", "latency_ms_median"]
+QUERY_COLUMNS = ["method", "query_kind", "query", "task", "shots", "top1_id", "top1_task", "recall_at_1",
+                 "recall_at_5", "recall_at_10", "best_in_top5", "weighted_tau", "ndcg_at_5", "regret",
+                 "calls_per_query", "latency_ms"]
+TAU_MARGIN = 0.1  # "clearly above": the index's weighted tau beats each trivial baseline by at least this
+
+
+def check_targets(summary, rerank_k: int):
+    """The issue's targets as rows (target, query_kind, value, threshold, met)."""
+    by = {(r["method"], r["query_kind"]): r for r in summary}
+    rows = []
+    same = by.get(("proxylab", "same_task"))
+    if same:
+        rows.append(("top1_task_identification", "same_task", same["top1_task"], ">= 0.90", same["top1_task"] >= 0.90))
+    for kind in ("same_task", "new_task"):
+        px, rr, brute = (by.get((m, kind)) for m in ("proxylab", f"proxylab+leep@{rerank_k}", "leep-all"))
+        if not (px and rr and brute):
+            continue
+        rows.append(("recall_at_5", kind, px["recall_at_5"], ">= 0.95", px["recall_at_5"] >= 0.95))
+        ratio = rr["calls_per_query"] / brute["calls_per_query"]
+        rows.append((f"rerank_regret_vs_leep_all (leep-all {brute['regret']:.4f})", kind, rr["regret"],
+                     f"<= {brute['regret']:.4f}", rr["regret"] <= brute["regret"] + 1e-12))
+        rows.append(("rerank_calls_fraction_of_leep_all", kind, ratio, "<= 0.10", ratio <= 0.10 + 1e-12))
+        for base in ("random", "largest"):
+            b = by.get((base, kind))
+            if b:
+                ok = (not math.isnan(px["weighted_tau"])) and px["weighted_tau"] >= b["weighted_tau"] + TAU_MARGIN
+                rows.append((f"index_weighted_tau_minus_{base} ({b['weighted_tau']:.4f})", kind,
+                             px["weighted_tau"] - b["weighted_tau"], f">= {TAU_MARGIN}", ok))
+        rows.append(("index_latency_ms_median", kind, px["latency_ms_median"], "<= 20", px["latency_ms_median"] <= 20))
+    return rows
+
+
+def _write(path: Path, columns, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from proxylab.retrieval.evaluate import evaluate_zoo
+    from proxylab.retrieval.tasks import default_queries
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zoo", default="runs/zoo200")
+    parser.add_argument("--shots", default="5,10,20")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--rerank-k", type=int, default=10)
+    parser.add_argument("--out", default=str(RESULTS / "retrieval.csv"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the machine is shared; timings are per single thread
+    queries = default_queries("all", [int(s) for s in args.shots.split(",")], [int(s) for s in args.seeds.split(",")])
+    summary, per_query = evaluate_zoo(args.zoo, queries=queries, rerank_k=args.rerank_k)
+    summary.sort(key=lambda r: (r["query_kind"] != "same_task", r["method"]))
+    out = Path(args.out)
+    _write(out, COLUMNS, summary)
+    _write(out.with_name(out.stem + "_queries.csv"), QUERY_COLUMNS, per_query)
+    targets = check_targets(summary, args.rerank_k)
+    _write(out.with_name(out.stem + "_targets.csv"), ["target", "query_kind", "value", "threshold", "met"],
+           [dict(zip(["target", "query_kind", "value", "threshold", "met"], t)) for t in targets])
+    for r in summary:
+        print(" ".join(f"{k}={r[k]:.4f}" if isinstance(r[k], float) else f"{k}={r[k]}" for k in COLUMNS), file=sys.stderr)
+    for t in targets:
+        print(f"target {t[0]} [{t[1]}]: {t[2]:.4f} {t[3]} -> {'MET' if t[4] else 'NOT MET'}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

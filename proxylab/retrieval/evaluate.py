@@ -1,0 +1,218 @@
+"""Honest evaluation of black-box model retrieval on a zoo: held-out models, unseen query images.
+
+Setting
+- Models: the zoo's TEST part (``train_encoders.split_models``): models the encoders never saw. They are
+  encoded from their signatures into a fresh in-memory ModelIndex; that index is what every method ranks.
+- Queries (``tasks.default_queries``): few-shot support sets (5/10/20 labelled images per class) from TEST
+  splits. ``same_task`` queries come from a zoo source task; ``new_task`` queries from held-out class
+  subsets and a held-out labelling that no zoo model (nor the extractor, nor the encoders) was trained on.
+- Ground truth per (model, query): the white-box oracle's accuracy (``oracle.py``: a linear probe on the
+  model's penultimate features fit on the query's support images, scored on the query task's scoring images,
+  which no support contains); used for nothing but scoring.
+
+Methods (every one returns a full ranking of the evaluated models)
+- ``proxylab``: encode the query, cosine search of the index. No model is called (calls = 0).
+- ``proxylab+leep@K`` / ``proxylab+nce@K``: the index's top K re-scored by LEEP / NCE on the support set
+  (K black-box passes over the support images), the rest in index order.
+- ``random`` (seeded per query), ``largest`` (parameter count, ties by id): trivial baselines.
+- ``leep-all`` / ``nce-all``: LEEP / NCE of every model on the support set (brute force).
+
+Metrics per query, averaged per (method, query kind)
+- relevant models: same_task = the models trained on the query's source task; new_task = the 5 models with
+  the highest oracle accuracy on the query task (ties broken by id).
+- ``top1_task`` (same_task only): 1 when the top-ranked model was trained on the query's task.
+- ``recall_at_k`` (TANS's query-level recall, = Hit@k): 1 when at least one relevant model is in the top k.
+- ``best_in_top5``: 1 when the oracle-best model (highest accuracy on the query task) is in the top 5.
+- ``weighted_tau``: scipy's weighted Kendall tau between the method's scores (or minus its rank positions
+  for two-stage methods) and the oracle accuracies over all evaluated models.
+- ``ndcg_at_5``: NDCG@5 with gain = the oracle accuracy min-max scaled over the evaluated models per query.
+- ``regret``: best oracle accuracy minus the oracle accuracy of the top-ranked model.
+- ``calls_per_query``: images sent to zoo models (support images x models run).
+- ``latency_ms_median``: wall time per query: query encoding + search (+ the measured time of running the
+  re-ranked models, for two-stage and brute-force methods). In-process black boxes on this machine's CPU.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from proxylab.errors import require
+
+RERANK_K = 10
+N_RELEVANT_NEW = 5
+KINDS = {"same": "same_task", "new": "new_task"}
+SUMMARY_FIELDS = ("method", "query_kind", "queries", "top1_task", "recall_at_1", "recall_at_5", "recall_at_10",
+                  "best_in_top5", "weighted_tau", "ndcg_at_5", "regret", "calls_per_query", "latency_ms_median")
+
+
+@dataclass
+class Ranking:
+    """One method's answer to one query."""
+
+    ids: List[int]  # every evaluated model, best first
+    scores: np.ndarray  # aligned with `ids`; higher = better (for weighted tau)
+    calls: int
+    latency_ms: float
+
+
+def relevant_ids(kind: str, task: str, model_task: Dict[int, str], acc: Dict[int, float]) -> List[int]:
+    """same: the models of `task`; new: the N_RELEVANT_NEW models with the highest accuracy (ties by id)."""
+    if kind == "same":
+        return sorted(i for i, t in model_task.items() if t == task)
+    order = sorted(acc, key=lambda i: (-acc[i], i))
+    return order[:N_RELEVANT_NEW]
+
+
+def query_metrics(r: Ranking, kind: str, task: str, model_task: Dict[int, str], acc: Dict[int, float]) -> Dict[str, float]:
+    """The metrics of one ranking (see the module doc)."""
+    from proxylab.metrics import hit_at_k, ndcg_at_k, regret, weighted_tau
+
+    rel = relevant_ids(kind, task, model_task, acc)
+    require(len(rel) > 0, f"query task '{task}' has no relevant model among the evaluated ones")
+    best = max(acc, key=lambda i: (acc[i], -i))
+    lo, hi = min(acc.values()), max(acc.values())
+    gains = {i: (a - lo) / (hi - lo) if hi > lo else 1.0 for i, a in acc.items()}
+    by_id = dict(zip(r.ids, r.scores))
+    ids = sorted(acc)
+    tau = weighted_tau(np.array([by_id[i] for i in ids]), np.array([acc[i] for i in ids]))
+    return {
+        "top1_task": float(model_task[r.ids[0]] == task) if kind == "same" else math.nan,
+        "recall_at_1": hit_at_k(r.ids, rel, 1), "recall_at_5": hit_at_k(r.ids, rel, 5),
+        "recall_at_10": hit_at_k(r.ids, rel, 10), "best_in_top5": float(best in r.ids[:5]),
+        "weighted_tau": tau, "ndcg_at_5": ndcg_at_k(r.ids, gains, 5), "regret": regret(r.ids, acc),
+        "calls_per_query": float(r.calls), "latency_ms": r.latency_ms,
+    }
+
+
+def positions_as_scores(ids: Sequence[int]) -> np.ndarray:
+    """Scores that reproduce a ranking: the first id gets the highest (len - position)."""
+    return np.arange(len(ids), 0, -1, dtype=np.float64)
+
+
+def rank_by(scores: Dict[int, float]) -> List[int]:
+    """Ids by descending score, ties by ascending id (deterministic)."""
+    return sorted(scores, key=lambda i: (-scores[i], i))
+
+
+def two_stage(index_ids: Sequence[int], probs: Dict[int, np.ndarray], labels: np.ndarray, k: int,
+              method: str) -> Tuple[List[int], int]:
+    """The index's top k re-sorted by LEEP/NCE on cached probabilities (ties keep index order), then the rest.
+
+    Equivalent to ``rerank.rerank`` on the same models and images (tested), minus re-running the models.
+    """
+    from proxylab.retrieval.rerank import RERANKERS
+
+    fn = RERANKERS.get(method)
+    top = list(index_ids[:k])
+    score = {i: fn(probs[i], labels) for i in top}
+    order = sorted(range(len(top)), key=lambda n: (-score[top[n]], n))
+    n_images = int(len(labels))
+    return [top[n] for n in order] + list(index_ids[k:]), n_images * len(top)
+
+
+def summarize(per_query: List[Dict]) -> List[Dict]:
+    """Mean of each metric per (method, query kind); latency as the median; NaN-aware (tau may be NaN)."""
+    groups: Dict[Tuple[str, str], List[Dict]] = {}
+    for row in per_query:
+        groups.setdefault((row["method"], row["query_kind"]), []).append(row)
+    out = []
+    for (method, kind), rows in groups.items():
+        summary = {"method": method, "query_kind": kind, "queries": len(rows)}
+        for key in SUMMARY_FIELDS[3:-1]:
+            vals = np.array([r[key] for r in rows], dtype=np.float64)
+            summary[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+        summary["latency_ms_median"] = float(np.median([r["latency_ms"] for r in rows]))
+        out.append(summary)
+    return out
+
+
+def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Sequence[int]] = None,
+                 rerank_k: int = RERANK_K, seed: int = 0, ground_truth: Optional[Callable] = None,
+                 progress: bool = True) -> Tuple[List[Dict], List[Dict]]:
+    """Run every method on every query against the zoo's held-out models; returns (summary rows, per-query rows).
+
+    `model_ids`: the models to evaluate (default: the test part of ``split_models``); `queries`: QuerySpecs
+    (default ``tasks.default_queries()``); `ground_truth(zoo_dir, queries, model_ids) -> {query key: {id:
+    accuracy}}` (default: the zoo's oracle, computed for missing pairs and cached in zoo_dir/oracle).
+    """
+    from proxylab.retrieval.encoders import Encoders
+    from proxylab.retrieval.index import ModelIndex
+    from proxylab.retrieval.tasks import default_queries
+    from proxylab.retrieval.train_encoders import split_models
+    from proxylab.retrieval.zoo import index_metadata, load_zoo
+    from proxylab.retrieval.rerank import leep, nce
+
+    zoo = load_zoo(zoo_dir)
+    enc = encoders or Encoders.default()
+    ids = sorted(int(i) for i in (model_ids if model_ids is not None else split_models(zoo.manifest)[1]))
+    require(len(ids) >= 2, f"evaluation needs at least 2 models, got {len(ids)}")
+    require(isinstance(rerank_k, int) and rerank_k >= 1, f"rerank_k must be a positive integer, got {rerank_k!r}")
+    queries = list(queries if queries is not None else default_queries())
+    require(len(queries) > 0, "no queries to evaluate")
+    truth = (ground_truth or oracle_ground_truth)(zoo_dir, queries, ids)
+    model_task = {i: zoo.get(i)["task"] for i in ids}
+    params = {i: int(zoo.get(i)["params"]) for i in ids}
+
+    index = ModelIndex.create(None, enc.dim)
+    for i in ids:
+        index.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i)
+    models = {i: zoo.blackbox(i) for i in ids}
+    per_query: List[Dict] = []
+    t_start = time.perf_counter()
+    for qn, spec in enumerate(queries):
+        (sx, sy), _ = spec.load()
+        labels = sy.numpy()
+        acc = {int(k): float(v) for k, v in truth[spec.key].items() if int(k) in model_task}
+        require(set(acc) == set(ids), f"the ground truth of query {spec.key} misses models "
+                                      f"{sorted(set(ids) - set(acc))[:5]}")
+        # Stage 1: encode + search; latency measured on the real path (extractor + encoder + FAISS).
+        t0 = time.perf_counter()
+        q = enc.encode_query(sx, labels)
+        hits = index.search(q, k=len(ids))
+        index_ms = (time.perf_counter() - t0) * 1e3
+        index_ids = [h.id for h in hits]
+        # Every model's probabilities on the support set, timed per model (the brute-force baselines' cost).
+        probs, model_ms = {}, {}
+        for i in ids:
+            t1 = time.perf_counter()
+            probs[i] = models[i].predict_proba(sx)
+            model_ms[i] = (time.perf_counter() - t1) * 1e3
+        n_img = int(len(labels))
+        rng = np.random.default_rng([int(seed), qn])
+        answers: Dict[str, Ranking] = {
+            "proxylab": Ranking(index_ids, np.array([h.score for h in hits]), 0, index_ms)}
+        for method in ("leep", "nce"):
+            ranked, calls = two_stage(index_ids, probs, labels, rerank_k, method)
+            spent = index_ms + sum(model_ms[i] for i in index_ids[:rerank_k])
+            answers[f"proxylab+{method}@{rerank_k}"] = Ranking(ranked, positions_as_scores(ranked), calls, spent)
+        rand = {i: float(s) for i, s in zip(ids, rng.random(len(ids)))}
+        answers["random"] = Ranking(rank_by(rand), np.array(sorted(rand.values(), reverse=True)), 0, 0.0)
+        largest = rank_by({i: float(params[i]) for i in ids})
+        answers["largest"] = Ranking(largest, np.array([float(params[i]) for i in largest]), 0, 0.0)
+        brute_ms = sum(model_ms.values())
+        for name, fn in (("leep-all", leep), ("nce-all", nce)):
+            s = {i: fn(probs[i], labels) for i in ids}
+            ranked = rank_by(s)
+            answers[name] = Ranking(ranked, np.array([s[i] for i in ranked]), n_img * len(ids), brute_ms)
+        for method, r in answers.items():
+            m = query_metrics(r, spec.kind, spec.task, model_task, acc)
+            per_query.append({"method": method, "query_kind": KINDS[spec.kind], "query": spec.key, "task": spec.task,
+                              "shots": spec.n_per_class, "top1_id": r.ids[0], **m})
+        if progress:
+            print(f"[{qn + 1}/{len(queries)}] {spec.key}: proxylab top-1 {zoo.get(index_ids[0])['name']} "
+                  f"({time.perf_counter() - t_start:.0f} s)", flush=True)
+    return summarize(per_query), per_query
+
+
+def oracle_ground_truth(zoo_dir, queries, model_ids: Sequence[int], progress: bool = True) -> Dict[str, Dict[int, float]]:
+    """{query key: {model id: probe accuracy}} from the zoo's oracle (computes and caches missing pairs)."""
+    from proxylab.retrieval.oracle import compute_oracle
+
+    out: Dict[str, Dict[int, float]] = {}
+    for row in compute_oracle(zoo_dir, queries, model_ids=model_ids, progress=progress):
+        out.setdefault(row["query"], {})[int(row["model_id"])] = float(row["probe_acc"])
+    return out

@@ -1,0 +1,217 @@
+"""Encoders: unit vectors, byte-for-byte determinism, invariance to class order, validated queries, file round trip."""
+import numpy as np
+import pytest
+import torch
+
+from proxylab.errors import ProxylabError
+from proxylab.retrieval import features as F
+from proxylab.retrieval.encoders import Encoders, check_query_labels, model_tokens, query_tokens
+from proxylab.retrieval.signature import Signature
+
+
+def _enc(seed=0, **kw):
+    torch.manual_seed(seed)
+    fx = F.FeatureExtractor(F._build_trunk(), id="fx-test")
+    return Encoders(feature_dim=F.FEATURE_DIM, width=32, dim=16, extractor_id="fx-test", extractor=fx, **kw)
+
+
+def _sig(k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    pairs = np.array([(i, j) for i in range(k) for j in range(i + 1, k)])
+    return Signature(rng.uniform(size=(k, F.FEATURE_DIM)), rng.uniform(size=(len(pairs), F.FEATURE_DIM)), pairs,
+                     k, 100, "fx-test", 0)
+
+
+def _permuted(sig, perm):
+    """The signature of the same model with class c relabelled perm[c] (rows and pairs follow)."""
+    inv = np.argsort(perm)  # new label of old class c is inv[c]
+    anchors = sig.anchors[perm]
+    rows = {tuple(p): r for r, p in enumerate(sig.pairs.tolist())}
+    pairs, boundary = [], []
+    for i in range(sig.num_classes):
+        for j in range(i + 1, sig.num_classes):
+            pairs.append((i, j))
+            boundary.append(sig.boundary[rows[tuple(sorted((perm[i], perm[j])))]])
+    assert sorted(inv.tolist()) == list(range(sig.num_classes))
+    return Signature(anchors, np.array(boundary), np.array(pairs), sig.num_classes, sig.calls, sig.extractor, sig.seed)
+
+
+def _query(n_per_class=5, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n_per_class * classes, 3, 32, 32)).astype(np.float32)
+    y = np.repeat(np.arange(classes), n_per_class)
+    return x, y
+
+
+def test_signature_vector_is_unit_and_byte_deterministic():
+    enc, sig = _enc(), _sig()
+    v = enc.encode_signature(sig)
+    assert v.shape == (16,) and v.dtype == np.float32
+    assert abs(float(np.linalg.norm(v)) - 1) < 1e-5
+    assert v.tobytes() == enc.encode_signature(Signature.from_bytes(sig.to_bytes())).tobytes()
+
+
+def test_signature_vector_ignores_class_order():
+    enc, sig = _enc(), _sig(5)
+    v = enc.encode_signature(sig)
+    for perm in ([4, 3, 2, 1, 0], [1, 3, 0, 4, 2]):
+        np.testing.assert_allclose(enc.encode_signature(_permuted(sig, np.array(perm))), v, atol=1e-6)
+    assert not np.allclose(enc.encode_signature(_sig(5, seed=1)), v, atol=1e-3)  # but it does see the content
+
+
+def test_query_vector_ignores_label_order_and_values():
+    enc = _enc()
+    x, y = _query()
+    v = enc.encode_query(x, y)
+    assert abs(float(np.linalg.norm(v)) - 1) < 1e-5 and v.tobytes() == enc.encode_query(x, y).tobytes()
+    relabelled = np.array([7, 2, 5])[y]  # other label values and class order
+    np.testing.assert_allclose(enc.encode_query(x, relabelled), v, atol=1e-6)
+    np.testing.assert_allclose(enc.encode_query(x, np.array(["c", "a", "b"])[y]), v, atol=1e-6)
+    shuffle = np.random.default_rng(1).permutation(len(y))  # image order does not matter either
+    np.testing.assert_allclose(enc.encode_query(x[shuffle], y[shuffle]), v, atol=1e-6)
+
+
+def test_query_tokens_match_numpy_prototypes():
+    rng = np.random.default_rng(0)
+    f = rng.uniform(size=(9, 6)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    cls_tok, pair_tok = query_tokens(f, y)
+    u = f / np.linalg.norm(f, axis=1, keepdims=True)
+    protos = np.stack([u[y == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(cls_tok.numpy(), protos, rtol=1e-5)
+    spread = np.array([np.linalg.norm(u[y == c] - protos[c], axis=1).mean() for c in range(3)])
+    expected = [np.concatenate([protos[i] + protos[j], np.abs(protos[i] - protos[j]), np.full(6, spread[i] + spread[j])])
+                for i, j in [(0, 1), (0, 2), (1, 2)]]
+    np.testing.assert_allclose(pair_tok.numpy(), np.array(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_model_tokens_are_symmetric_in_each_pair():
+    sig = _sig(3)
+    _, tok = model_tokens(sig.anchors, sig.boundary, sig.pairs)
+    _, tok_swapped = model_tokens(sig.anchors, sig.boundary, sig.pairs[:, ::-1].copy())
+    np.testing.assert_array_equal(tok.numpy(), tok_swapped.numpy())
+
+
+@pytest.mark.parametrize("labels, match", [
+    (None, "needs labels"), (np.zeros(6, int), "at least 2 classes"), (np.arange(5), "one label per image"),
+    (np.full(6, 0.5), "integers or strings"),
+])
+def test_bad_query_labels_are_refused(labels, match):
+    x, _ = _query(2, 3)
+    with pytest.raises(ProxylabError, match=match):
+        _enc().encode_query(x, labels)
+
+
+def test_bad_query_images_are_refused():
+    x, y = _query(2, 3)
+    with pytest.raises(ProxylabError):
+        _enc().encode_query(x[:, :1], y)
+    with pytest.raises(ProxylabError):
+        _enc().encode_query(x * 255, y)
+
+
+def test_float_integer_labels_are_accepted():
+    assert check_query_labels(np.array([1.0, 0.0, 1.0]), 3).tolist() == [1, 0, 1]
+
+
+def test_extractor_mismatch_is_refused():
+    sig = _sig()
+    sig.extractor = "fx-other"
+    with pytest.raises(ProxylabError, match="recapture"):
+        _enc().encode_signature(sig)
+
+
+def test_save_load_round_trip(tmp_path):
+    enc = _enc(3)
+    path = tmp_path / "enc.pt"
+    enc.save(path)
+    back = Encoders.load(path, extractor=enc.extractor)
+    sig = _sig()
+    assert back.encode_signature(sig).tobytes() == enc.encode_signature(sig).tobytes()
+    x, y = _query()
+    assert back.encode_query(x, y).tobytes() == enc.encode_query(x, y).tobytes()
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ProxylabError, match="not a proxylab encoder"):
+        Encoders.load(tmp_path / "junk.pt")
+    with pytest.raises(ProxylabError, match="does not exist"):
+        Encoders.load(tmp_path / "none.pt")
+
+
+# ------------------------------------------------------------------------------------------- training
+def test_split_models_is_stable_when_the_zoo_grows():
+    from proxylab.retrieval.train_encoders import split_models
+
+    small = [{"id": i, "task": "t"} for i in range(40)]
+    big = [{"id": i, "task": "t"} for i in range(200)]
+    tr_s, te_s = split_models(small)
+    tr_b, te_b = split_models(big)
+    assert set(tr_s) <= set(tr_b) and set(te_s) <= set(te_b) and not set(tr_b) & set(te_b)
+    assert 70 <= len(tr_b) <= 130  # about half
+    with pytest.raises(ProxylabError):
+        split_models(big, train_fraction=1.0)
+
+
+def _synthetic(tasks=3, models_per_task=6, seed=0):
+    """Signatures and query banks whose features carry their task: task t's images live around centre t."""
+    rng = np.random.default_rng(seed)
+    # Per task, 5 class centres living in the task's own block of feature dimensions (plus a common floor).
+    block = F.FEATURE_DIM // tasks
+    centres = 0.1 + np.zeros((tasks, 5, F.FEATURE_DIM))
+    for t in range(tasks):
+        centres[t, :, t * block:(t + 1) * block] += rng.uniform(size=(5, block)) * 2
+    sigs, model_task, bank = {}, {}, {}
+    for t in range(tasks):
+        for m in range(models_per_task):
+            i = t * models_per_task + m
+            anchors = centres[t] + 0.2 * rng.normal(size=centres[t].shape)
+            pairs = np.array([(a, b) for a in range(5) for b in range(a + 1, 5)])
+            boundary = (anchors[pairs[:, 0]] + anchors[pairs[:, 1]]) / 2 + 0.1 * rng.normal(size=(10, F.FEATURE_DIM))
+            sigs[i] = Signature(np.abs(anchors), np.abs(boundary), pairs, 5, 0, "fx-test", 0)
+            model_task[i] = f"task{t}"
+        labels = np.repeat(np.arange(5), 40)
+        bank[f"task{t}"] = (np.abs(centres[t][labels] + 0.3 * rng.normal(size=(200, F.FEATURE_DIM))).astype(np.float32),
+                            labels)
+    return sigs, model_task, bank
+
+
+@pytest.mark.slow
+def test_training_separates_tasks_on_held_out_models():
+    from proxylab.retrieval.train_encoders import TrainConfig, train_encoders
+
+    torch.set_num_threads(1)
+    sigs, model_task, bank = _synthetic()
+    train = {i: s for i, s in sigs.items() if i % 2 == 0}
+    cfg = TrainConfig(steps=60, batch=16, width=32, dim=16, lr=3e-3)
+    enc, hist = train_encoders(train, model_task, bank, "fx-test", cfg, progress=False)
+    assert np.mean(hist["loss"][-10:]) < np.mean(hist["loss"][:10])
+    held_out = [i for i in sigs if i % 2 == 1]  # never seen in training
+    vecs = np.stack([enc.encode_signature(sigs[i]) for i in held_out])
+    hits = 0
+    for t in range(3):
+        feats, labels = bank[f"task{t}"]
+        q = enc.encode_query_features(feats[::7], labels[::7])
+        hits += model_task[held_out[int(np.argmax(vecs @ q))]] == f"task{t}"
+    assert hits == 3
+    # Same seed, same weights: training is deterministic.
+    enc2, _ = train_encoders(train, model_task, bank, "fx-test", cfg, progress=False)
+    assert enc2.encode_signature(sigs[1]).tobytes() == enc.encode_signature(sigs[1]).tobytes()
+
+
+# ------------------------------------------------------------------------------------------- shipped files
+def test_shipped_encoders_and_zoo_index_work_together():
+    from proxylab.retrieval.encoders import SHIPPED_ENCODERS
+    from proxylab.retrieval.features import FeatureExtractor
+    from proxylab.retrieval.index import ModelIndex
+    from proxylab.retrieval.tasks import get_task
+
+    assert SHIPPED_ENCODERS.is_file() and SHIPPED_ENCODERS.stat().st_size < 5_000_000
+    enc = Encoders.default()
+    assert enc.dim == 128 and enc.extractor_id == FeatureExtractor.default().id
+    idx = ModelIndex.open(SHIPPED_ENCODERS.parent / "zoo_index", read_only=True)
+    assert len(idx) >= 100 and idx.dim == enc.dim
+    (x, y), _ = get_task("mnist5k-lo").query(5, seed=3)
+    q = enc.encode_query(x, y.numpy())
+    hits = idx.search(q, k=5)
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
+    # The query vector is what the shipped index is searched with: unit length, deterministic.
+    assert abs(float(np.linalg.norm(q)) - 1) < 1e-5 and q.tobytes() == enc.encode_query(x, y.numpy()).tobytes()

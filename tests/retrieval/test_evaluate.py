@@ -1,0 +1,152 @@
+"""Retrieval evaluation: metrics against hand-computed values, the two-stage shortcut against rerank() with real
+black boxes, and the whole evaluate_zoo pipeline on a tiny hand-made zoo (real modules, real oracle)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from proxylab.errors import ProxylabError
+from proxylab.retrieval import evaluate as E
+from proxylab.retrieval import features as F
+from proxylab.retrieval.blackbox import TorchBlackBox
+from proxylab.retrieval.index import Hit
+from proxylab.retrieval.rerank import leep, rerank
+
+
+def test_relevant_ids_per_kind():
+    tasks = {1: "a", 2: "b", 3: "a", 4: "c", 5: "c", 6: "b"}
+    acc = {1: 0.5, 2: 0.9, 3: 0.9, 4: 0.1, 5: 0.7, 6: 0.3}
+    assert E.relevant_ids("same", "a", tasks, acc) == [1, 3]
+    assert E.relevant_ids("new", "x", tasks, acc) == [2, 3, 5, 1, 6]  # top 5 by accuracy, ties by id
+
+
+def test_query_metrics_by_hand():
+    tasks = {1: "a", 2: "b", 3: "a", 4: "b"}
+    acc = {1: 0.6, 2: 0.2, 3: 0.9, 4: 0.4}
+    r = E.Ranking([2, 1, 4, 3], np.array([4.0, 3.0, 2.0, 1.0]), calls=7, latency_ms=1.5)
+    m = E.query_metrics(r, "same", "a", tasks, acc)
+    assert m["top1_task"] == 0.0 and m["recall_at_1"] == 0.0 and m["recall_at_5"] == 1.0
+    assert m["regret"] == pytest.approx(0.9 - 0.2)
+    assert m["best_in_top5"] == 1.0 and m["calls_per_query"] == 7
+    # NDCG@5 with min-max gains: 2 -> 0, 1 -> 4/7, 4 -> 2/7, 3 -> 1.
+    g = {1: 4 / 7, 2: 0.0, 3: 1.0, 4: 2 / 7}
+    dcg = sum(g[i] / math.log2(r_ + 2) for r_, i in enumerate([2, 1, 4, 3]))
+    idcg = sum(v / math.log2(r_ + 2) for r_, v in enumerate(sorted(g.values(), reverse=True)))
+    assert m["ndcg_at_5"] == pytest.approx(dcg / idcg)
+    from scipy.stats import weightedtau
+
+    ids = [1, 2, 3, 4]
+    score = {2: 4.0, 1: 3.0, 4: 2.0, 3: 1.0}
+    assert m["weighted_tau"] == pytest.approx(weightedtau([score[i] for i in ids], [acc[i] for i in ids]).statistic)
+    assert math.isnan(E.query_metrics(r, "new", "z", tasks, acc)["top1_task"])
+
+
+def test_summarize_means_and_median():
+    rows = [{"method": "m", "query_kind": "same_task", "top1_task": v, "recall_at_1": v, "recall_at_5": 1.0,
+             "recall_at_10": 1.0, "best_in_top5": 1.0, "weighted_tau": t, "ndcg_at_5": 0.5, "regret": 0.1,
+             "calls_per_query": 10.0, "latency_ms": lat} for v, t, lat in ((1.0, 0.2, 3.0), (0.0, math.nan, 5.0),
+                                                                         (1.0, 0.4, 100.0))]
+    (s,) = E.summarize(rows)
+    assert s["queries"] == 3 and s["top1_task"] == pytest.approx(2 / 3)
+    assert s["weighted_tau"] == pytest.approx(0.3)  # NaN taus (constant scores) are left out of the mean
+    assert s["latency_ms_median"] == 5.0
+
+
+def _nets(k=3, n=5):
+    nets = []
+    for s in range(n):
+        torch.manual_seed(s)
+        nets.append(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, k)))
+    return nets
+
+
+def test_two_stage_matches_rerank_with_real_black_boxes():
+    nets = _nets()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(12, 3, 32, 32)).astype(np.float32)
+    y = np.repeat(np.arange(3), 4)
+    index_ids = [3, 0, 4, 1, 2]
+    probs = {i: TorchBlackBox(nets[i]).predict_proba(x) for i in range(5)}
+    for method in ("leep", "nce"):
+        ranked, calls = E.two_stage(index_ids, probs, y, 3, method)
+        hits = [Hit(i, 1.0 - 0.1 * n, {"name": str(i)}) for n, i in enumerate(index_ids[:3])]
+        boxes = {i: TorchBlackBox(nets[i]) for i in range(5)}
+        reranked, spent = rerank(hits, lambda i: boxes[i], x, y, method=method)
+        assert ranked[:3] == [h.id for h in reranked] and ranked[3:] == index_ids[3:]
+        assert calls == spent == 3 * 12
+
+
+# ---------------------------------------------------------------------------------------- the whole pipeline
+def _tiny_zoo(tmp_path):
+    """Six real (untrained) zoo-format models over three digits tasks, with signatures; returns (dir, encoders)."""
+    from proxylab.retrieval.encoders import Encoders
+    from proxylab.retrieval.signature import capture_signature
+    from proxylab.retrieval.tasks import get_task
+    from proxylab.retrieval.zoo import _write_model, build_module, load_zoo, write_manifest
+    from proxylab.nets.zoo import count_params
+
+    zoo = tmp_path / "zoo"
+    (zoo / "models").mkdir(parents=True)
+    plan = [("digits-lo", 0.125), ("digits-hi", 0.125), ("digits-lo", 0.25), ("digits-hi", 0.25),
+            ("digits-lo", 0.5), ("digits-hi", 0.5)]
+    for i, (task, width) in enumerate(plan):
+        t = get_task(task)
+        config = {"id": i, "name": f"{i:04d}-{task}-vgg_small", "task": task, "family": t.family, "arch": "vgg_small",
+                  "kwargs": {"width": width}, "num_classes": t.num_classes, "mean": [0.5] * 3, "std": [0.25] * 3,
+                  "epochs": 0, "train_size": 0, "seed": i, "width": width, "seconds": 0.0, "test_acc": 0.2}
+        torch.manual_seed(i)
+        module = build_module(config)
+        config["params"] = count_params(module.net)
+        import io
+        buf = io.BytesIO()
+        torch.save(module.state_dict(), buf)
+        _write_model(zoo / "models", config, buf.getvalue())
+    write_manifest(zoo)
+    torch.manual_seed(0)
+    fx = F.FeatureExtractor(F._build_trunk(), id="fx-tiny")
+    pool = torch.from_numpy(np.random.default_rng(0).uniform(size=(24, 3, 32, 32)).astype(np.float32))
+    z = load_zoo(zoo)
+    (zoo / "signatures").mkdir()
+    for row in z.manifest:
+        capture_signature(z.blackbox(row["id"]), extractor=fx, pool=pool, steps=2).save(
+            zoo / "signatures" / f"{row['name']}.npz")
+    torch.manual_seed(0)
+    enc = Encoders(feature_dim=F.FEATURE_DIM, width=16, dim=8, extractor_id="fx-tiny", extractor=fx)
+    return zoo, enc
+
+
+@pytest.mark.slow
+def test_evaluate_zoo_end_to_end(tmp_path):
+    from proxylab.retrieval.tasks import QuerySpec
+    from proxylab.retrieval.zoo import load_zoo
+
+    zoo_dir, enc = _tiny_zoo(tmp_path)
+    queries = [QuerySpec("digits-lo", 5), QuerySpec("digits-odd", 5)]
+    ids = list(range(6))
+    summary, rows = E.evaluate_zoo(zoo_dir, encoders=enc, queries=queries, model_ids=ids, rerank_k=6,
+                                   progress=False)
+    assert len(rows) == 7 * 2 and len(summary) == 7 * 2
+    zoo = load_zoo(zoo_dir)
+    for q in queries:
+        (sx, sy), _ = q.load()
+        by = {r["method"]: r for r in rows if r["query"] == q.key}
+        n = len(sy)
+        assert by["proxylab"]["calls_per_query"] == 0 and by["leep-all"]["calls_per_query"] == 6 * n
+        assert by["proxylab+leep@6"]["calls_per_query"] == 6 * n
+        # Brute force LEEP, computed here independently: its top model is leep-all's top-1, and re-ranking
+        # the whole index (k = every model) by LEEP must give the same top-1.
+        scores = {i: leep(zoo.blackbox(i).predict_proba(sx), sy.numpy()) for i in ids}
+        best = sorted(scores, key=lambda i: (-scores[i], i))[0]
+        assert by["leep-all"]["top1_id"] == best == by["proxylab+leep@6"]["top1_id"]
+        for r in by.values():
+            assert 0 <= r["regret"] <= 1 and 0 <= r["recall_at_5"] <= 1
+    again, rows2 = E.evaluate_zoo(zoo_dir, encoders=enc, queries=queries, model_ids=ids, rerank_k=6, progress=False)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "latency_ms"} for r in rs]
+    assert json.dumps(strip(rows2), default=str) == json.dumps(strip(rows), default=str)  # deterministic
+
+
+def test_evaluate_zoo_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ProxylabError, match="not a zoo"):
+        E.evaluate_zoo(tmp_path / "nothing", queries=[])
