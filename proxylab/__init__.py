@@ -29,6 +29,12 @@ _EXPORTS = {
     "ProxySearch": "proxylab.search", "load_space": "proxylab.search",
     # `allocate` itself stays under proxylab.allocate: the name is also the subpackage's
     "ALLOCATORS": "proxylab.allocate", "parse_budget": "proxylab.allocate",
+    # model retrieval and the query service
+    "ModelIndex": "proxylab.retrieval", "Encoders": "proxylab.retrieval", "Signature": "proxylab.retrieval",
+    "capture_signature": "proxylab.retrieval", "TorchBlackBox": "proxylab.retrieval",
+    "HTTPBlackBox": "proxylab.retrieval", "serve_model": "proxylab.retrieval", "load_zoo": "proxylab.retrieval",
+    "build_zoo": "proxylab.retrieval", "leep": "proxylab.retrieval", "nce": "proxylab.retrieval",
+    "logme": "proxylab.retrieval", "Client": "proxylab.service",
     "ProxylabError": "proxylab.errors",
 }
 
