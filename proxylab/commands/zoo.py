@@ -357,6 +357,7 @@ class ZooEval(Command):
                                  "saw; use this for a zoo the encoders were not trained on)")
         parser.add_argument("--out", help="also write the summary rows to this CSV")
         parser.add_argument("--per-query", help="write every (method, query) row to this CSV")
+        parser.add_argument("--plot", metavar="FILE.png", help="also draw the metrics per method and query kind (PNG)")
         _add_encoder_args(parser)
 
     def run(self, args: argparse.Namespace) -> List[Dict[str, Any]]:
@@ -365,6 +366,11 @@ class ZooEval(Command):
 
         from proxylab.retrieval.tasks import get_task
 
+        if args.plot:
+            from proxylab.plots import check_plot_path, require_matplotlib
+
+            require_matplotlib()
+            check_plot_path(args.plot)  # fail before minutes of evaluation, not after
         queries = default_queries(args.kind, _int_list(args.shots, "--shots"), _int_list(args.seeds, "--seeds"))
         if args.tasks:
             wanted = [get_task(t.strip()).name for t in args.tasks.split(",") if t.strip()]
@@ -383,6 +389,12 @@ class ZooEval(Command):
         for path, rows in ((args.out, summary), (args.per_query, per_query)):
             if path:
                 _write_csv(path, rows)
+        if args.plot:
+            from proxylab.plots import metric_bars
+
+            # top1_task is NaN for new-task queries (no source task to identify): it draws as an empty bar
+            metric_bars([dict(r, method=f"{r['method']} ({r['query_kind']})") for r in summary], args.plot,
+                        metrics=["top1_task", "recall_at_5", "ndcg_at_5", "weighted_tau"])
         return summary
 
 

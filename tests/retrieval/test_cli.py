@@ -190,8 +190,11 @@ def test_eval_runs_the_evaluation_on_all_models(zoo_dir, encoder_files, tmp_path
     out_csv = tmp_path / "summary.csv"
     code, rows, err = run(capsys, "zoo", "eval", "--zoo", str(zoo), "--kind", "same", "--tasks", "mnist5k-lo,mnist5k-hi",
                           "--shots", "5", "--all-models", "--encoders", enc_path, "--extractor", fx_path,
-                          "--out", str(out_csv))
+                          "--out", str(out_csv), "--plot", str(tmp_path / "eval.png"))
     assert code == 0, err
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(tmp_path / "eval.png")[..., :3].std() > 0.01  # bars drawn, not a blank canvas
     methods = {r["method"] for r in rows}
     assert {"proxylab", "random", "largest", "leep-all"} <= methods
     assert out_csv.read_text().startswith("method")
