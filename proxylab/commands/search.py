@@ -23,7 +23,11 @@ class Search(Command):
         parser.add_argument("--scheduler", default=None,
                             help="Dask scheduler address (tcp://host:8786): evaluate fitness on that cluster")
         parser.add_argument("--fitness", choices=("mean", "min"), default="mean",
-                            help="combine per-table Spearman by mean or min (default mean)")
+                            help="combine per-table search-split Spearman by mean or min (default mean)")
+        parser.add_argument("--select-by", choices=("mean", "min"), default="min",
+                            help="pick the run's best from the hall of fame by the mean or the worst (min) "
+                                 "per-table select-split Spearman (default min; the same rule picks the best "
+                                 "known proxy it is compared with)")
         parser.add_argument("--no-dps", action="store_true", help="ablation: no diversity-prompting newcomer")
         parser.add_argument("--no-csp", action="store_true",
                             help="ablation: no compatibility screening (no early rejection, no equivalence check)")
@@ -46,7 +50,7 @@ class Search(Command):
         tables = [load_table(n) for n in names]
         search = ProxySearch(
             space=args.space, pop=args.pop, iters=args.iters, seed=args.seed, fitness=args.fitness,
-            dps=not args.no_dps, csp=not args.no_csp, osp=not args.no_osp, tries=args.tries,
+            select_by=args.select_by, dps=not args.no_dps, csp=not args.no_csp, osp=not args.no_osp, tries=args.tries,
             hof_size=args.hof_size, checkpoint_every=args.checkpoint_every, out_dir=args.out,
             resume=args.resume, scheduler=args.scheduler, progress=not args.no_progress,
         ).fit(tables)

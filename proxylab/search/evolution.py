@@ -8,7 +8,8 @@ valid proxy; drawing them up front keeps the random stream independent of which 
 cluster evaluate them all at once with identical results).
 
 Honest evaluation: fitness uses each table's SEARCH split, the run's best is the hall-of-fame member with
-the best SELECT-split fitness, and only the report (proxylab.search.report) touches the TEST split.
+the best SELECT-split fitness (over several tables: the worst table's by default, ``select_by``), and only
+the report (proxylab.search.report) touches the TEST split.
 """
 from __future__ import annotations
 
@@ -36,20 +37,23 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
 class ProxySearch:
     """Evolve a proxy formula against bench tables (scikit-learn style: the constructor only stores).
 
+    ``fitness`` combines per-table search-split Spearman during evolution; ``select_by`` combines per-table
+    select-split Spearman when the run's best is picked from the hall of fame (both 'mean' or 'min').
     After ``fit``: ``best_proxy_`` (Proxy), ``best_formula_``, ``hall_of_fame_`` (rows, best first by
     select fitness), ``history_`` (one row per iteration), ``rejections_`` (counts by stage and reason,
     and ``early_share``), ``counters_``, ``wall_time_``.
     """
 
     def __init__(self, space="emq", pop: int = 50, iters: int = 1000, seed: int = 0, fitness: str = "mean",
-                 dps: bool = True, csp: bool = True, osp: bool = True, tries: int = 8, hof_size: int = 20,
-                 probe_configs: int = 32, max_init_samples: Optional[int] = None, checkpoint_every: int = 10,
+                 select_by: str = "min", dps: bool = True, csp: bool = True, osp: bool = True, tries: int = 8,
+                 hof_size: int = 20, probe_configs: int = 32, max_init_samples: Optional[int] = None, checkpoint_every: int = 10,
                  out_dir=None, resume: bool = False, scheduler: Optional[str] = None, progress: bool = False):
         self.space = space
         self.pop = pop
         self.iters = iters
         self.seed = seed
         self.fitness = fitness
+        self.select_by = select_by
         self.dps = dps
         self.csp = csp
         self.osp = osp
@@ -74,6 +78,9 @@ class ProxySearch:
         _positive_int("seed", self.seed, 0)
         if self.fitness not in ("mean", "min"):
             raise ProxylabError(f"fitness must be 'mean' or 'min' (how per-table Spearman combine), got {self.fitness!r}")
+        if self.select_by not in ("mean", "min"):
+            raise ProxylabError(f"select_by must be 'mean' or 'min' (how per-table select-split Spearman combine "
+                                f"to pick the run's best), got {self.select_by!r}")
         return load_space(self.space)
 
     def config(self, space: SearchSpace, tables: Sequence) -> Dict[str, Any]:
@@ -84,6 +91,7 @@ class ProxySearch:
             "space": space.to_dict(),
             "tables": [{"name": t.name, "fingerprint": table_fingerprint(t)} for t in tables],
             "pop": int(self.pop), "iters": int(self.iters), "seed": int(self.seed), "fitness": self.fitness,
+            "select_by": self.select_by,
             "dps": bool(self.dps), "csp": bool(self.csp), "osp": bool(self.osp), "tries": int(self.tries),
             "hof_size": int(self.hof_size), "probe_configs": int(self.probe_configs),
             "max_init_samples": self._init_budget(),
@@ -240,9 +248,13 @@ class ProxySearch:
         })
 
     def _finalise(self, state: SearchState, tables, stats, dispatcher: Dispatcher) -> None:
-        """Re-rank the hall of fame on the SELECT split; the best there is the run's answer."""
+        """Re-rank the hall of fame on the SELECT split; the best there is the run's answer.
+
+        With several tables the pick is by ``select_by`` (default: the worst table's select Spearman): a proxy
+        that is merely good on average may owe it to one table, while one that holds on every seen table is
+        the better bet for an unseen one (measured in benchmarks/search_quality.py, leave_one_out)."""
         ranked = sorted(state.hall.items(), key=lambda kv: (-kv[1]["fitness"], kv[1]["order"]))[: self.hof_size]
-        select = FitnessEvaluator.for_tables(tables, stats, split="select", combine=self.fitness, csp=False)
+        select = FitnessEvaluator.for_tables(tables, stats, split="select", combine=self.select_by, csp=False)
         rows = []
         for rank, (key, rec) in enumerate(ranked):
             proxy, _ = dispatcher.parse(rec["formula"])

@@ -1,8 +1,9 @@
 """Test-split figures: the searched proxy next to every known proxy, and the tables' noise ceilings.
 
 The comparison is honest in both directions: the searched proxy was chosen on the select split, and the
-"best known proxy" is the known proxy with the highest select-split Spearman (combined over the tables the
-same way as the search's fitness), never the one that happens to do best on the test split.
+"best known proxy" is the known proxy with the highest select-split Spearman (combined over the tables by
+the same rule, ``select_by``, that picks the searched proxy from its hall of fame), never the one that
+happens to do best on the test split.
 """
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ class RunFolder:
         atomic_write_text(self.path / "best_proxy.txt", search.best_formula_ + "\n")
         atomic_write_text(self.path / "hall_of_fame.csv", rows_to_csv(search.hall_of_fame_))
         atomic_write_text(self.path / "history.csv", rows_to_csv(search.history_))
-        results = results_table(search.best_proxy_, tables, stats, fitness=search.fitness)
+        results = results_table(search.best_proxy_, tables, stats, fitness=search.select_by)
         search.results_ = results
         atomic_write_text(self.path / "results.csv", rows_to_csv(results))
         atomic_write_json(self.path / "summary.json", {

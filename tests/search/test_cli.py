@@ -41,3 +41,5 @@ def test_search_command_end_to_end(tiny_pair, tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["best_proxy"] == res["best_proxy"]
     assert main([a if a != "6" else "7" for a in argv] + ["--resume"]) == 2
     assert "pop: 6 in the folder, 7 now" in capsys.readouterr().err
+    assert main(argv + ["--resume", "--select-by", "mean"]) == 2  # the pick rule is part of the configuration
+    assert "select_by: 'min' in the folder, 'mean' now" in capsys.readouterr().err

@@ -105,3 +105,26 @@ def test_constructor_only_stores():
     ps = ProxySearch(space="does-not-exist", pop=-3)
     assert ps.space == "does-not-exist" and ps.pop == -3 and not hasattr(ps, "best_proxy_")
     assert load_space("emq").name == "emq"
+
+
+@pytest.mark.parametrize("select_by, combine", [("min", min), ("mean", lambda v: float(np.mean(v)))])
+def test_best_of_several_tables_is_picked_by_select_by(tiny_pair, select_by, combine):
+    """The run's best is the hall-of-fame member whose select-split Spearman, combined over the tables by
+    select_by (worst table or mean), is highest; oracle: scipy on each table's select rows."""
+    (ta, sa), (tb, sb) = tiny_pair
+    ps = run([ta, tb], [sa, sb], select_by=select_by, iters=10, hof_size=10)
+    combined = []
+    for r in ps.hall_of_fame_:
+        per_table = []
+        for t, s in ((ta, sa), (tb, sb)):
+            idx = t.split("select")
+            per_table.append(spearmanr(score_configs(parse_proxy(r["formula"]), s, t.bits[idx]), t.acc[idx]).statistic)
+        combined.append(combine(per_table))
+        assert r["select_fitness"] == pytest.approx(combined[-1], abs=1e-12)
+    assert ps.best_formula_ == ps.hall_of_fame_[int(np.argmax(combined))]["formula"]
+
+
+def test_bad_select_by(tiny):
+    t, s = tiny
+    with pytest.raises(ProxylabError, match="select_by"):
+        ProxySearch(**SMALL, select_by="max").fit([t], [s])
