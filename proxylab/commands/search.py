@@ -37,6 +37,7 @@ class Search(Command):
         parser.add_argument("--hof-size", type=int, default=20, help="hall of fame re-ranked on the select split")
         parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument("--plot", metavar="FILE.png", help="also draw the fitness by iteration (PNG)")
 
     def run(self, args: argparse.Namespace) -> Dict[str, Any]:
         from proxylab.bench import load_table
@@ -47,6 +48,11 @@ class Search(Command):
         if not names:
             raise ProxylabError("--bench is empty: give at least one table name or folder")
         load_space(args.space)  # a bad space file fails before any table or statistic is loaded
+        if args.plot:
+            from proxylab.plots import check_plot_path, require_matplotlib
+
+            require_matplotlib()
+            check_plot_path(args.plot)  # fail now, not after the search
         tables = [load_table(n) for n in names]
         search = ProxySearch(
             space=args.space, pop=args.pop, iters=args.iters, seed=args.seed, fitness=args.fitness,
@@ -54,6 +60,10 @@ class Search(Command):
             hof_size=args.hof_size, checkpoint_every=args.checkpoint_every, out_dir=args.out,
             resume=args.resume, scheduler=args.scheduler, progress=not args.no_progress,
         ).fit(tables)
+        if args.plot:
+            from proxylab.plots import search_history
+
+            search_history(search, args.plot, title=f"proxy search on {args.bench}")
         best = search.hall_of_fame_[0]
         rej = search.rejections_
         keep = ("table", "proxy", "role", "spearman", "kendall", "select_spearman", "noise_ceiling")

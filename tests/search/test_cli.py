@@ -43,3 +43,26 @@ def test_search_command_end_to_end(tiny_pair, tmp_path, capsys, monkeypatch):
     assert "pop: 6 in the folder, 7 now" in capsys.readouterr().err
     assert main(argv + ["--resume", "--select-by", "mean"]) == 2  # the pick rule is part of the configuration
     assert "select_by: 'min' in the folder, 'mean' now" in capsys.readouterr().err
+
+
+def test_search_plot_draws_the_history(tiny_pair, tmp_path, capsys, monkeypatch):
+    import matplotlib.image as mpimg
+
+    import proxylab.bench
+    import proxylab.stats
+
+    tables = {t.name: (t, s) for t, s in tiny_pair}
+    monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
+    monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
+    png = tmp_path / "history.png"
+    argv = ["search", "--bench", "tiny-a", "--pop", "6", "--iters", "4", "--seed", "1", "--out", str(tmp_path / "r"),
+            "--no-progress", "--plot", str(png)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert mpimg.imread(png)[..., :3].std() > 0.01  # curves drawn, not a blank canvas
+
+
+def test_search_plot_with_a_bad_suffix_fails_before_searching(capsys, tmp_path):
+    argv = ["search", "--bench", "resnet20-mnist5k", "--out", str(tmp_path / "r"), "--plot", str(tmp_path / "h.txt")]
+    assert main(argv) == 2
+    assert "must end in" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
