@@ -286,6 +286,9 @@ class ZooQuery(Command):
         parser.add_argument("--rerank", choices=RERANK_METHODS,
                             help="re-score the top k by running them on the samples (needs --zoo; k calls per image)")
         parser.add_argument("--zoo", help="zoo folder holding the indexed models (for --rerank)")
+        parser.add_argument("--server", metavar="URL",
+                            help="ask a running `proxylab serve` instead of a local index (re-ranking happens there)")
+        parser.add_argument("--token", help="bearer token for --server (default: $PROXYLAB_TOKEN)")
         _add_filter_args(parser)
         _add_encoder_args(parser)
 
@@ -294,6 +297,8 @@ class ZooQuery(Command):
 
         if args.k < 1:
             raise ProxylabError(f"--k must be >= 1, got {args.k}")
+        if args.server:
+            return _query_server(args)
         if args.rerank and not args.zoo:
             raise ProxylabError("--rerank runs the retrieved models: give --zoo DIR, the zoo they come from")
         if args.zoo and not args.rerank:
@@ -339,6 +344,35 @@ class ZooQuery(Command):
             raise ProxylabError("no indexed model matches the filters; loosen --task/--family/--arch/--max-params")
         return {"samples": int(len(labels)), "classes": int(len(set(labels.tolist()))),
                 "search_ms": round(search_ms, 2), "model_calls": int(calls), "models": rows}
+
+
+def _query_server(args: argparse.Namespace) -> Dict[str, Any]:
+    """The same answer from a query service: the samples go to the server, which encodes and searches."""
+    import os
+
+    from proxylab.service import Client
+
+    clashing = [f for f, v in (("--index", args.index), ("--zoo", args.zoo), ("--encoders", args.encoders),
+                               ("--extractor", args.extractor)) if v]
+    if clashing:
+        raise ProxylabError(f"{', '.join(clashing)} describe a local index; with --server the service uses its own")
+    images, labels = load_samples(args.samples)
+    token = args.token or os.environ.get("PROXYLAB_TOKEN")
+    with Client(args.server, token=token) as client:
+        answer = client.query(images, labels, k=args.k, filters=_filters(args) or None,
+                              rerank=bool(args.rerank), method=args.rerank or "leep")
+    rows = []
+    for r in answer["results"]:
+        m = r.get("metadata", {})
+        row = {"rank": r["rank"], "id": r["id"], "name": m.get("name", ""), "task": m.get("task", ""),
+               "arch": m.get("arch", ""), "params": m.get("params", ""), "score": round(float(r["score"]), 6)}
+        if args.rerank:
+            row["rerank_score"] = r.get("rerank_score", "")
+        rows.append(row)
+    if not rows:
+        raise ProxylabError("no model on the server matches the filters; loosen --task/--family/--arch/--max-params")
+    return {"samples": int(len(labels)), "classes": int(len(set(labels.tolist()))), "server": args.server,
+            "search_ms": answer.get("timing_ms", {}), "model_calls": int(answer.get("calls", 0)), "models": rows}
 
 
 class ZooEval(Command):

@@ -197,3 +197,23 @@ def test_client_raises_the_server_message(server):
     with pytest.raises(ServiceError) as err:
         Client(server.url).query(vector=np.ones(ENC_DIM + 1))
     assert err.value.status == 422 and str(ENC_DIM) in str(err.value)
+
+
+def test_zoo_query_cli_asks_the_server(server, zoo, encoders, tmp_path, capsys):
+    """`proxylab zoo query --server URL`: the service encodes the samples and ranks like a local brute force."""
+    import json
+
+    from proxylab.cli import main
+
+    client, models = zoo
+    images, labels = samples(n_per_class=3, classes=3, seed=7)
+    path = tmp_path / "q.npz"
+    np.savez(path, images=images, labels=labels)
+    assert main(["zoo", "query", "--samples", str(path), "--server", server.url, "--k", "3", "--task", "digits",
+                 "--format", "json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    q = encoders.encode_query(images, labels)  # encoded here, searched there: vector queries match brute force
+    expect = client.query(vector=q, k=3, filters={"task": "digits"})["results"]
+    assert [m["id"] for m in answer["models"]] == [r["id"] for r in expect] and len(expect) == 3
+    assert main(["zoo", "query", "--samples", str(path), "--server", server.url, "--index", str(tmp_path)]) == 2
+    assert "--index" in capsys.readouterr().err
