@@ -362,6 +362,9 @@ class ModelIndex:
         self.options = dict(options)
         self._kind = INDEX_KINDS.get(kind)(self.dim, self.options)
         self._lock = _RWLock()
+        # Writers queue on this mutex and do their slow SQLite commit holding only it, so searches keep running
+        # during the disk sync; the exclusive lock is taken just for the in-memory and FAISS update after.
+        self._write_mutex = threading.Lock()
         self._meta: Dict[int, Dict[str, Any]] = {}
         self._vectors: Dict[int, np.ndarray] = {}
         self._names: Dict[str, int] = {}
@@ -564,7 +567,7 @@ class ModelIndex:
         self._writable()
         checked = [_check_vector(v, self.dim, f"vector {i}") for i, v in enumerate(vecs)]
         metas = [_check_metadata(m) for m in metas]
-        with self._lock.write():
+        with self._write_mutex:  # only writers change state, and they queue here: no reader lock needed to check
             names = [m["name"] for m in metas]
             seen: set = set()
             for n in names:
@@ -593,18 +596,20 @@ class ModelIndex:
                     self._bump(new_next)
             except sqlite3.IntegrityError as e:  # a race with another process writing the same file
                 raise ProxylabError(f"cannot add: {e}") from None
-            try:
-                self._faiss_add(np.array(ids, dtype=np.int64), np.stack(checked))
-            except BaseException:
-                with self._conn:  # FAISS refused: undo the commit so SQLite and memory agree
-                    self._conn.executemany("DELETE FROM models WHERE id = ?", [(i,) for i in ids])
-                    self._bump(None)
-                self._index = self._build()
-                raise
-            for mid, md, vec in zip(ids, metas, checked):
-                self._meta[mid] = md
-                self._vectors[mid] = vec
-                self._names[md["name"]] = mid
+            with self._lock.write():
+                try:
+                    self._faiss_add(np.array(ids, dtype=np.int64), np.stack(checked))
+                except BaseException:
+                    with self._conn:  # FAISS refused: undo the commit so SQLite and memory agree
+                        self._conn.executemany("DELETE FROM models WHERE id = ?", [(i,) for i in ids])
+                        self._bump(None)
+                    self._index = self._build()
+                    raise
+                for mid, md, vec in zip(ids, metas, checked):
+                    self._meta[mid] = md
+                    self._vectors[mid] = vec
+                    self._names[md["name"]] = mid
+                self._allowed_cache.clear()  # a search during the commit may have cached the old allowed ids
         return ids
 
     def _faiss_add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
@@ -629,26 +634,28 @@ class ModelIndex:
         import faiss
 
         self._writable()
-        with self._lock.write():
+        with self._write_mutex:  # the commit first, searches still running; then the exclusive update
             mid = self._require(model_id)
             with self._conn:
                 self._conn.execute("DELETE FROM models WHERE id = ?", (mid,))
                 self._bump(None)
-            md = self._meta.pop(mid)
-            self._vectors.pop(mid)
-            self._names.pop(md["name"], None)
-            self._gpu_index = None
-            if self._kind.effective != "hnsw":  # flat and ivf remove natively
-                self._index.remove_ids(faiss.IDSelectorBatch(np.array([mid], dtype=np.int64)))
-            else:
-                self._tombstones.add(mid)
-                # past a fifth of the graph, dead nodes cost more search time than a rebuild
-                if len(self._tombstones) > max(64, 0.2 * self._index.ntotal):
-                    self._index = self._build()
+            with self._lock.write():
+                md = self._meta.pop(mid)
+                self._vectors.pop(mid)
+                self._names.pop(md["name"], None)
+                self._gpu_index = None
+                if self._kind.effective != "hnsw":  # flat and ivf remove natively
+                    self._index.remove_ids(faiss.IDSelectorBatch(np.array([mid], dtype=np.int64)))
+                else:
+                    self._tombstones.add(mid)
+                    # past a fifth of the graph, dead nodes cost more search time than a rebuild
+                    if len(self._tombstones) > max(64, 0.2 * self._index.ntotal):
+                        self._index = self._build()
+                self._allowed_cache.clear()  # a search during the commit may have cached the old allowed ids
 
     def rebuild(self) -> None:
         """Rebuild the FAISS structure from the stored vectors (drops HNSW tombstones, retrains IVF)."""
-        with self._lock.write():
+        with self._write_mutex, self._lock.write():
             self._index = self._build()
 
     def save(self) -> None:
@@ -660,7 +667,7 @@ class ModelIndex:
         if self.path is None:
             return
         self._writable()
-        with self._lock.write():
+        with self._write_mutex, self._lock.write():
             if self._tombstones:
                 self._index = self._build()
             data = faiss.serialize_index(self._index).tobytes()
@@ -672,7 +679,7 @@ class ModelIndex:
                     ("faiss_kind", self.kind), ("faiss_effective", self._kind.effective)])
 
     def close(self) -> None:
-        with self._lock.write():
+        with self._write_mutex, self._lock.write():
             self._conn.close()
 
     def __enter__(self) -> "ModelIndex":
