@@ -13,6 +13,20 @@ Features are L2-normalised per image first, so the extractor's activation scale 
 
 A model's vector depends on that model only: adding or removing a model never re-encodes the others.
 Training lives in ``train_encoders.py``; ``Encoders.default()`` loads the shipped weights.
+
+Kernel part (``KernelMap``, training-free; on in the shipped encoders). A learned encoder trained on ~95 models
+varies a lot between runs and identified the source task of held-out models poorly, so the vector is led by a
+fixed kernel mean embedding (MMD-style set match):
+- model: the mean of random Fourier features phi (RBF kernel, width sigma_class, on L2-normalised features)
+  over the model's anchors, plus (weight pair_weight) the mean of phi' (width sigma_pair) over the directions
+  +-unit(a_i - a_j) between its anchors (the directions along which the model separates its classes: this is
+  what tells apart tasks that label the same images differently, e.g. shapes by colour or by size);
+- query: the same map on the query's class prototypes (mean raw feature per class, like the anchors).
+Each term is L2-normalised, so q . m approximates a normalised set-kernel similarity between "the classes
+the model knows" and "the classes the query has". Means over classes and +- over pair directions make it
+invariant to class order; the frequencies are drawn from a fixed seed by Box-Muller on PCG64 uniforms and
+checked against a stored digest on load. With ``learned_weight`` w > 0 the final vector is
+unit([kernel vector, w * learned vector]) (w chosen on validation, see ``evaluate.validate_encoders``).
 """
 from __future__ import annotations
 
@@ -27,7 +41,8 @@ from proxylab.errors import ProxylabError
 from proxylab.utils import PathLike, atomic_write_bytes
 
 SHIPPED_ENCODERS = Path(__file__).resolve().parent / "shipped" / "encoders.pt"
-ENCODER_FORMAT = "proxylab-encoders-1"
+ENCODER_FORMAT = "proxylab-encoders-2"  # 2: + the kernel part (format 1 files still load, learned only)
+_READABLE_FORMATS = ("proxylab-encoders-1", ENCODER_FORMAT)
 
 
 def _torch():
@@ -151,21 +166,133 @@ def pad_sets(token_sets: Sequence) -> Tuple:
     return out, mask
 
 
+class KernelMap:
+    """Training-free set embedding: random Fourier features of an RBF kernel, averaged over a set (module doc).
+
+    Deterministic: the frequencies come from Box-Muller on PCG64 uniforms of `seed` (a bit stream NumPy keeps
+    stable), computed in float64; ``digest`` fingerprints them so a file made elsewhere is checked on load.
+    """
+
+    def __init__(self, feature_dim: int = 128, n_features: int = 2048, sigma_class: float = 0.15,
+                 sigma_pair: float = 0.5, pair_weight: float = 1.0, seed: int = 0):
+        if n_features < 1 or sigma_class <= 0 or sigma_pair <= 0 or pair_weight < 0:
+            raise ProxylabError(f"kernel map needs n_features >= 1, sigmas > 0 and pair_weight >= 0; got "
+                                f"{n_features}, {sigma_class}, {sigma_pair}, {pair_weight}")
+        self.feature_dim, self.n_features, self.seed = int(feature_dim), int(n_features), int(seed)
+        self.sigma_class, self.sigma_pair, self.pair_weight = float(sigma_class), float(sigma_pair), float(pair_weight)
+        self._w_class, self._b_class = self._frequencies(self.seed, self.sigma_class)
+        self._w_pair, self._b_pair = self._frequencies(self.seed + 1, self.sigma_pair)
+
+    def _frequencies(self, seed: int, sigma: float):
+        u = np.random.Generator(np.random.PCG64([seed, 0x4B4D45])).random((3, self.feature_dim, self.n_features))
+        # Box-Muller by hand: Generator.standard_normal's algorithm may change between NumPy versions.
+        w = np.sqrt(-2.0 * np.log1p(-u[0])) * np.cos(2.0 * np.pi * u[1]) / sigma
+        return w, 2.0 * np.pi * u[2, 0]
+
+    @property
+    def dim(self) -> int:
+        return 2 * self.n_features
+
+    @property
+    def digest(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        for a in (self._w_class, self._b_class, self._w_pair, self._b_pair):
+            h.update(np.ascontiguousarray(a, dtype="<f8").tobytes())
+        return h.hexdigest()[:16]
+
+    def config(self) -> dict:
+        return {"feature_dim": self.feature_dim, "n_features": self.n_features, "sigma_class": self.sigma_class,
+                "sigma_pair": self.sigma_pair, "pair_weight": self.pair_weight, "seed": self.seed,
+                "digest": self.digest}
+
+    @staticmethod
+    def _mean_phi(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Unit-norm mean feature map of a set of rows (rows L2-normalised first; an empty set maps to 0)."""
+        if len(x) == 0:
+            return np.zeros(w.shape[1])
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        m = np.cos(x @ w + b).mean(0)
+        return m / max(float(np.linalg.norm(m)), 1e-12)
+
+    def embed(self, protos) -> np.ndarray:
+        """float64 [dim] unit vector of a set of class prototypes [C, D] (model anchors or query prototypes)."""
+        p = np.asarray(protos, dtype=np.float64)
+        p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+        i, j = np.triu_indices(len(p), 1)
+        d = p[i] - p[j]
+        d = d[np.linalg.norm(d, axis=1) > 1e-12]  # two identical prototypes give no direction
+        v = np.concatenate([self._mean_phi(p, self._w_class, self._b_class),
+                            self.pair_weight * self._mean_phi(np.concatenate([d, -d]), self._w_pair, self._b_pair)])
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def class_prototypes(features, labels) -> np.ndarray:
+    """Mean RAW feature per class 0..C-1 (the kernel part's query side; anchors are means of raw features too)."""
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    return np.stack([f[y == c].mean(0) for c in range(int(y.max()) + 1)])
+
+
 class Encoders:
-    """The pair of set encoders plus the id of the extractor whose features they were trained on."""
+    """The pair of set encoders, an optional training-free KernelMap, and the id of the extractor they belong to.
+
+    Vector = unit([kernel vector, learned_weight * learned vector]) with a kernel map; the learned vector alone
+    without one (format-1 behaviour). learned_weight 0 drops the learned part (a purely training-free vector).
+    """
 
     def __init__(self, feature_dim: int = 128, width: int = 128, dim: int = 128, extractor_id: str = "",
-                 state: Optional[dict] = None, extractor=None):
+                 state: Optional[dict] = None, extractor=None, kernel: Optional[KernelMap] = None,
+                 learned_weight: float = 1.0):
         SetEncoder = _modules()
-        self.feature_dim, self.width, self.dim = int(feature_dim), int(width), int(dim)
+        self.feature_dim, self.width, self.learned_dim = int(feature_dim), int(width), int(dim)
         self.extractor_id = str(extractor_id)
-        self.model_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.dim)
-        self.query_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.dim)
+        if kernel is not None and kernel.feature_dim != self.feature_dim:
+            raise ProxylabError(f"the kernel map expects {kernel.feature_dim}-d features, the encoders {self.feature_dim}")
+        if not (learned_weight >= 0 and np.isfinite(learned_weight)) or (kernel is None and learned_weight == 0):
+            raise ProxylabError(f"learned_weight must be >= 0 (and > 0 without a kernel map), got {learned_weight}")
+        self.kernel, self.learned_weight = kernel, float(learned_weight)
+        self.model_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.learned_dim)
+        self.query_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.learned_dim)
         if state is not None:
             self.model_net.load_state_dict(state["model"])
             self.query_net.load_state_dict(state["query"])
         self.eval()
         self._extractor = extractor
+
+    @property
+    def uses_learned(self) -> bool:
+        return self.kernel is None or self.learned_weight > 0
+
+    @property
+    def dim(self) -> int:
+        """Length of the vectors (model and query): kernel part + learned part."""
+        return (self.kernel.dim if self.kernel is not None else 0) + (self.learned_dim if self.uses_learned else 0)
+
+    @property
+    def id(self) -> str:
+        """Fingerprint of everything that shapes a vector (weights, kernel map, weight, extractor): vectors made
+        under another id are stale."""
+        import hashlib
+
+        h = hashlib.sha256(f"{ENCODER_FORMAT}|{self.extractor_id}|{self.learned_weight!r}|".encode())
+        h.update((self.kernel.digest if self.kernel is not None else "-").encode())
+        if self.uses_learned:
+            for net in (self.model_net, self.query_net):
+                for name, t in sorted(net.state_dict().items()):
+                    h.update(name.encode())
+                    h.update(t.detach().cpu().numpy().astype("<f4").tobytes())
+        return "enc-" + h.hexdigest()[:16]
+
+    def _combine(self, kernel_vec: Optional[np.ndarray], learned) -> np.ndarray:
+        if self.kernel is None:
+            return np.ascontiguousarray(learned.numpy(), dtype=np.float32)
+        parts = [kernel_vec]
+        if self.uses_learned:
+            parts.append(self.learned_weight * learned.numpy().astype(np.float64))
+        v = np.concatenate(parts)
+        return np.ascontiguousarray(v / max(float(np.linalg.norm(v)), 1e-12), dtype=np.float32)
 
     def eval(self) -> "Encoders":
         self.model_net.eval()
@@ -193,11 +320,13 @@ class Encoders:
         if sig.anchors.shape[1] != self.feature_dim:
             raise ProxylabError(f"signature features have dimension {sig.anchors.shape[1]}, the encoders expect "
                                 f"{self.feature_dim}")
-        cls_tok, pair_tok = model_tokens(sig.anchors, sig.boundary, sig.pairs)
-        with torch.no_grad():
-            v = self.model_net(cls_tok[None], torch.ones(1, len(cls_tok), dtype=torch.bool),
-                               pair_tok[None], torch.ones(1, len(pair_tok), dtype=torch.bool))
-        return np.ascontiguousarray(v[0].numpy(), dtype=np.float32)
+        learned = None
+        if self.uses_learned:
+            cls_tok, pair_tok = model_tokens(sig.anchors, sig.boundary, sig.pairs)
+            with torch.no_grad():
+                learned = self.model_net(cls_tok[None], torch.ones(1, len(cls_tok), dtype=torch.bool),
+                                         pair_tok[None], torch.ones(1, len(pair_tok), dtype=torch.bool))[0]
+        return self._combine(self.kernel.embed(sig.anchors) if self.kernel is not None else None, learned)
 
     def encode_query(self, images, labels) -> np.ndarray:
         """A few-shot query's vector (float32 [dim], unit norm) from canonical images and their labels."""
@@ -214,18 +343,22 @@ class Encoders:
         if f.ndim != 2 or f.shape[1] != self.feature_dim:
             raise ProxylabError(f"query features must be [N, {self.feature_dim}], got {list(f.shape)}")
         y = check_query_labels(labels, f.shape[0])
-        cls_tok, pair_tok = query_tokens(f, y)
-        with torch.no_grad():
-            v = self.query_net(cls_tok[None], torch.ones(1, len(cls_tok), dtype=torch.bool),
-                               pair_tok[None], torch.ones(1, len(pair_tok), dtype=torch.bool))
-        return np.ascontiguousarray(v[0].numpy(), dtype=np.float32)
+        learned = None
+        if self.uses_learned:
+            cls_tok, pair_tok = query_tokens(f, y)
+            with torch.no_grad():
+                learned = self.query_net(cls_tok[None], torch.ones(1, len(cls_tok), dtype=torch.bool),
+                                         pair_tok[None], torch.ones(1, len(pair_tok), dtype=torch.bool))[0]
+        kernel_vec = self.kernel.embed(class_prototypes(f, y)) if self.kernel is not None else None
+        return self._combine(kernel_vec, learned)
 
     # ---- persistence ----
     def to_bytes(self) -> bytes:
         torch = _torch()
         buf = io.BytesIO()
-        torch.save({"format": ENCODER_FORMAT, "feature_dim": self.feature_dim, "width": self.width, "dim": self.dim,
-                    "extractor_id": self.extractor_id,
+        torch.save({"format": ENCODER_FORMAT, "feature_dim": self.feature_dim, "width": self.width,
+                    "dim": self.learned_dim, "extractor_id": self.extractor_id, "learned_weight": self.learned_weight,
+                    "kernel": self.kernel.config() if self.kernel is not None else None,
                     "state": {"model": self.model_net.state_dict(), "query": self.query_net.state_dict()}}, buf)
         return buf.getvalue()
 
@@ -241,10 +374,19 @@ class Encoders:
                                 "`python -m proxylab.retrieval.train_encoders --zoo ZOO_DIR --ship`")
         try:
             blob = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-            if blob.get("format") != ENCODER_FORMAT:
+            if blob.get("format") not in _READABLE_FORMATS:
                 raise ValueError(f"format {blob.get('format')!r}")
+            kernel = None
+            if blob.get("kernel") is not None:
+                cfg = dict(blob["kernel"])
+                digest = cfg.pop("digest")
+                kernel = KernelMap(**cfg)
+                if kernel.digest != digest:
+                    raise ProxylabError(f"{path}: the kernel map's random features differ from the ones the file was "
+                                        f"made with (digest {kernel.digest} != {digest}); vectors would not match "
+                                        "the index: rebuild with `python -m proxylab.retrieval.train_encoders`")
             return cls(blob["feature_dim"], blob["width"], blob["dim"], blob["extractor_id"], blob["state"],
-                       extractor=extractor)
+                       extractor=extractor, kernel=kernel, learned_weight=float(blob.get("learned_weight", 1.0)))
         except ProxylabError:
             raise
         except Exception as exc:

@@ -11,7 +11,9 @@ Setting
   which no support contains); used for nothing but scoring.
 
 Methods (every one returns a full ranking of the evaluated models)
-- ``proxylab``: encode the query, cosine search of the index. No model is called (calls = 0).
+- ``proxylab``: encode the query, cosine search of the index. No model is called (calls = 0). The encoders'
+  variant (kernel + learned, its weight) was chosen with ``validate_encoders`` (end of this file) on train
+  models and train-split queries only, never with this evaluation.
 - ``proxylab+leep@K`` / ``proxylab+nce@K``: the index's top K re-scored by LEEP / NCE on the support set
   (K black-box passes over the support images), the rest in index order.
 - ``random`` (seeded per query), ``largest`` (parameter count, ties by id): trivial baselines.
@@ -215,4 +217,58 @@ def oracle_ground_truth(zoo_dir, queries, model_ids: Sequence[int], progress: bo
     out: Dict[str, Dict[int, float]] = {}
     for row in compute_oracle(zoo_dir, queries, model_ids=model_ids, progress=progress):
         out.setdefault(row["query"], {})[int(row["model_id"])] = float(row["probe_acc"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- validation
+VALIDATION_SHOTS = (5, 10, 20)
+VALIDATION_SEEDS = (100, 101)  # query draws of their own: not the benchmark's seed 0 nor its TEST split
+
+
+def validation_queries(tasks: Sequence[str], shots: Sequence[int] = VALIDATION_SHOTS,
+                       seeds: Sequence[int] = VALIDATION_SEEDS) -> List[Tuple[str, int, int]]:
+    """(task, shots per class, seed) of every validation query: TRAIN-split few-shot draws of source tasks."""
+    return [(t, int(n), int(s)) for t in sorted(tasks) for n in shots for s in seeds]
+
+
+def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Dict[int, str],
+                      query_features: Dict[Tuple[str, int, int], Tuple[np.ndarray, np.ndarray]],
+                      transfer_truth: Optional[Dict[str, Dict[int, float]]] = None) -> Dict[str, object]:
+    """Index-only task identification of `encoders` on a VALIDATION set; the benchmark's data is never touched.
+
+    Validation protocol (what chose the shipped encoder variant; ``train_encoders.validation_report``):
+    - models: the zoo's TRAIN models only (``split_models``), re-split by ``split_models(train rows, 0.5,
+      seed=1)`` into an inner-train part (the learned encoders of a validation run are fit on it) and a
+      held-out part (51 / 44 of the 95 for zoo200); the held-out part is what ``signatures`` holds here;
+    - queries: ``validation_queries``: 5/10/20-shot draws (seeds 100, 101) from the TRAIN split of each
+      source task (`query_features`: {(task, shots, seed): (extractor features, labels)});
+    - metrics: top1_task (the top model was trained on the query's task) and recall_at_5 (one of the top 5
+      was), over the held-out validation models, averaged over queries; per task top-1 as well;
+    - transfer (with `transfer_truth`: {task: {model id: oracle probe accuracy}}, white-box, fit on a 10-shot
+      TRAIN-split support, seed 100, scored on the task's TRAIN-split scoring images): each query is also
+      ranked against the models NOT trained on its task, as if its task were new; transfer_recall_at_5 = one
+      of the 5 best of those (by the oracle) is in the top 5, transfer_regret = best minus top-1 accuracy.
+    The benchmark's test models and TEST-split queries play no part in any choice made with this.
+    """
+    ids = sorted(int(i) for i in signatures)
+    require(len(ids) >= 2 and len(query_features) > 0, "validation needs >= 2 models and >= 1 query")
+    m = np.stack([encoders.encode_signature(signatures[i]) for i in ids]).astype(np.float64)
+    tasks = np.array([model_tasks[i] for i in ids])
+    top1, r5, per_task, t_r5, t_regret = [], [], {}, [], []
+    for (task, _, _), (f, y) in sorted(query_features.items()):
+        q = encoders.encode_query_features(f, y).astype(np.float64)
+        order = sorted(range(len(ids)), key=lambda n: (-float(m[n] @ q), ids[n]))
+        top1.append(float(tasks[order[0]] == task))
+        r5.append(float((tasks[order[:5]] == task).any()))
+        per_task.setdefault(task, []).append(top1[-1])
+        if transfer_truth is not None and task in transfer_truth:
+            others = [ids[n] for n in order if tasks[n] != task]  # the ranking with the task's own models removed
+            acc = {i: float(transfer_truth[task][i]) for i in others}
+            best5 = set(sorted(acc, key=lambda i: (-acc[i], i))[:N_RELEVANT_NEW])
+            t_r5.append(float(bool(best5 & set(others[:5]))))
+            t_regret.append(max(acc.values()) - acc[others[0]])
+    out = {"queries": len(top1), "models": len(ids), "top1_task": float(np.mean(top1)),
+           "recall_at_5": float(np.mean(r5)), "per_task_top1": {t: float(np.mean(v)) for t, v in per_task.items()}}
+    if t_r5:
+        out.update(transfer_recall_at_5=float(np.mean(t_r5)), transfer_regret=float(np.mean(t_regret)))
     return out

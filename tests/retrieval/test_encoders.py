@@ -5,7 +5,8 @@ import torch
 
 from proxylab.errors import ProxylabError
 from proxylab.retrieval import features as F
-from proxylab.retrieval.encoders import Encoders, check_query_labels, model_tokens, query_tokens
+from proxylab.retrieval.encoders import (Encoders, KernelMap, check_query_labels, class_prototypes, model_tokens,
+                                         query_tokens)
 from proxylab.retrieval.signature import Signature
 
 
@@ -206,7 +207,9 @@ def test_shipped_encoders_and_zoo_index_work_together():
 
     assert SHIPPED_ENCODERS.is_file() and SHIPPED_ENCODERS.stat().st_size < 5_000_000
     enc = Encoders.default()
-    assert enc.dim == 128 and enc.extractor_id == FeatureExtractor.default().id
+    # Shipped: the kernel map plus the learned part (the chosen hybrid); the index was built by these encoders.
+    assert enc.kernel is not None and 0 < enc.learned_weight < 1
+    assert enc.dim == enc.kernel.dim + enc.learned_dim and enc.extractor_id == FeatureExtractor.default().id
     idx = ModelIndex.open(SHIPPED_ENCODERS.parent / "zoo_index", read_only=True)
     assert len(idx) >= 100 and idx.dim == enc.dim
     (x, y), _ = get_task("mnist5k-lo").query(5, seed=3)
@@ -215,3 +218,89 @@ def test_shipped_encoders_and_zoo_index_work_together():
     assert len(hits) == 5 and hits[0].score >= hits[-1].score
     # The query vector is what the shipped index is searched with: unit length, deterministic.
     assert abs(float(np.linalg.norm(q)) - 1) < 1e-5 and q.tobytes() == enc.encode_query(x, y.numpy()).tobytes()
+
+
+# ------------------------------------------------------------------------------------------- kernel map
+def _kenc(learned_weight=0.0, n_features=512, seed=0):
+    torch.manual_seed(seed)
+    fx = F.FeatureExtractor(F._build_trunk(), id="fx-test")
+    return Encoders(feature_dim=F.FEATURE_DIM, width=32, dim=16, extractor_id="fx-test", extractor=fx,
+                    kernel=KernelMap(F.FEATURE_DIM, n_features=n_features), learned_weight=learned_weight)
+
+
+def test_kernel_map_matches_the_exact_set_kernel():
+    """phi(x).phi(y) ~ exp(-|x-y|^2 / 2 sigma^2) on unit rows: the class term's inner product is the normalised
+    mean kernel between the two sets (checked against the brute-force kernel with many features)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 8)), rng.normal(size=(3, 8))
+    km = KernelMap(8, n_features=20000, sigma_class=0.8, pair_weight=0.0)
+    ua, ub = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+    k = lambda x, y: np.exp(-((x[:, None] - y[None]) ** 2).sum(-1) / (2 * 0.8 ** 2)).mean()
+    exact = k(ua, ub) / np.sqrt(k(ua, ua) * k(ub, ub))
+    approx = float(km.embed(a) @ km.embed(b))
+    assert abs(approx - exact) < 0.03, (approx, exact)
+
+
+def test_kernel_map_is_deterministic_and_order_invariant():
+    rng = np.random.default_rng(1)
+    protos = rng.normal(size=(5, F.FEATURE_DIM))
+    v = KernelMap(F.FEATURE_DIM, n_features=256).embed(protos)
+    assert v.tobytes() == KernelMap(F.FEATURE_DIM, n_features=256).embed(protos).tobytes()  # a fresh map, same bytes
+    assert KernelMap(F.FEATURE_DIM, n_features=256).digest == KernelMap(F.FEATURE_DIM, n_features=256).digest
+    assert KernelMap(F.FEATURE_DIM, n_features=256, seed=1).digest != KernelMap(F.FEATURE_DIM, n_features=256).digest
+    np.testing.assert_allclose(KernelMap(F.FEATURE_DIM, n_features=256).embed(protos[[3, 0, 4, 2, 1]]), v, atol=1e-12)
+    assert abs(np.linalg.norm(v) - 1) < 1e-12 and v.shape == (512,)
+    with pytest.raises(ProxylabError):
+        KernelMap(F.FEATURE_DIM, sigma_class=0.0)
+
+
+def test_kernel_encoders_are_deterministic_and_ignore_class_order():
+    for w in (0.0, 0.25):
+        enc, sig = _kenc(w), _sig(5)
+        v = enc.encode_signature(sig)
+        assert v.shape == (enc.dim,) == (1024 + (16 if w else 0),) and v.dtype == np.float32
+        assert v.tobytes() == _kenc(w).encode_signature(Signature.from_bytes(sig.to_bytes())).tobytes()
+        np.testing.assert_allclose(enc.encode_signature(_permuted(sig, np.array([1, 3, 0, 4, 2]))), v, atol=1e-6)
+        x, y = _query()
+        q = enc.encode_query(x, y)
+        assert q.tobytes() == enc.encode_query(x, y).tobytes() and abs(float(np.linalg.norm(q)) - 1) < 1e-5
+        np.testing.assert_allclose(enc.encode_query(x, np.array([7, 2, 5])[y]), q, atol=1e-6)
+        shuffle = np.random.default_rng(1).permutation(len(y))
+        np.testing.assert_allclose(enc.encode_query(x[shuffle], y[shuffle]), q, atol=1e-6)
+
+
+def test_class_prototypes_are_raw_means():
+    f = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(class_prototypes(f, np.array([1, 0, 1, 0])), [[6, 7, 8], [3, 4, 5]])
+
+
+def test_kernel_encoders_rank_the_query_task_first_without_training():
+    sigs, model_task, bank = _synthetic()
+    enc = _kenc(0.0, n_features=1024)
+    ids = sorted(sigs)
+    vecs = np.stack([enc.encode_signature(sigs[i]) for i in ids])
+    for t in range(3):
+        feats, labels = bank[f"task{t}"]
+        for keep in (np.arange(5), np.array([1, 3])):  # the whole task, and a 2-class part of it
+            rows = np.flatnonzero(np.isin(labels, keep))[::4]
+            q = enc.encode_query_features(feats[rows], labels[rows])
+            order = np.argsort(-(vecs @ q), kind="stable")
+            assert model_task[ids[order[0]]] == f"task{t}"
+            assert all(model_task[ids[n]] == f"task{t}" for n in order[:6])  # all 6 models of the task lead
+
+
+def test_kernel_encoders_round_trip_and_detect_other_random_features(tmp_path):
+    enc = _kenc(0.25, n_features=128)
+    path = tmp_path / "enc.pt"
+    enc.save(path)
+    back = Encoders.load(path, extractor=enc.extractor)
+    sig = _sig()
+    assert back.id == enc.id and back.encode_signature(sig).tobytes() == enc.encode_signature(sig).tobytes()
+    assert _kenc(0.5, n_features=128).id != enc.id and _enc().id != enc.id  # the id moves with what shapes vectors
+    blob = torch.load(path, weights_only=True)
+    blob["kernel"]["digest"] = "0" * 16
+    torch.save(blob, tmp_path / "other.pt")
+    with pytest.raises(ProxylabError, match="random features differ"):
+        Encoders.load(tmp_path / "other.pt")
+    with pytest.raises(ProxylabError, match="learned_weight"):
+        Encoders(feature_dim=F.FEATURE_DIM, width=8, dim=8, learned_weight=0.0)

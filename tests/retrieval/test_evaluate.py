@@ -150,3 +150,33 @@ def test_evaluate_zoo_end_to_end(tmp_path):
 def test_evaluate_zoo_refuses_bad_arguments(tmp_path):
     with pytest.raises(ProxylabError, match="not a zoo"):
         E.evaluate_zoo(tmp_path / "nothing", queries=[])
+
+
+def test_validate_encoders_scores_task_identification():
+    from proxylab.retrieval.encoders import Encoders, KernelMap
+    from proxylab.retrieval.signature import Signature
+
+    rng = np.random.default_rng(0)
+    d = F.FEATURE_DIM
+    centres = {t: rng.uniform(size=(3, d)) * (np.arange(d) % 2 == k) + 0.05 for k, t in enumerate(("a", "b"))}
+    pairs = np.array([(0, 1), (0, 2), (1, 2)])
+    sigs, tasks = {}, {}
+    for i in range(6):
+        t = "ab"[i % 2]
+        anchors = centres[t] + 0.02 * rng.uniform(size=(3, d))
+        sigs[i] = Signature(anchors, (anchors[pairs[:, 0]] + anchors[pairs[:, 1]]) / 2, pairs, 3, 0, "fx-v", 0)
+        tasks[i] = t
+    queries = {}
+    for t in "ab":
+        y = np.repeat(np.arange(3), 5)
+        queries[(t, 5, 0)] = ((centres[t][y] + 0.05 * rng.uniform(size=(15, d))).astype(np.float32), y)
+    assert [q[:2] for q in E.validation_queries(["b", "a"], shots=(5,), seeds=(100, 101))] == [("a", 5)] * 2 + [("b", 5)] * 2
+    torch.manual_seed(0)
+    enc = Encoders(feature_dim=d, width=8, dim=8, extractor_id="fx-v", kernel=KernelMap(d, n_features=256),
+                   learned_weight=0.0)
+    res = E.validate_encoders(enc, sigs, tasks, queries)
+    assert res["top1_task"] == 1.0 and res["recall_at_5"] == 1.0 and res["queries"] == 2 and res["models"] == 6
+    swapped = {i: "ba"["ab".index(t)] for i, t in tasks.items()}  # the same vectors, wrong task labels
+    bad = E.validate_encoders(enc, sigs, swapped, queries)
+    assert bad["top1_task"] == 0.0 and bad["per_task_top1"] == {"a": 0.0, "b": 0.0}
+    assert bad["recall_at_5"] == 1.0  # 5 of 6 models always include one of the 3 wrongly labelled ones
