@@ -82,6 +82,11 @@ def measure(idx, queries: np.ndarray, truth: List[set], filters) -> Dict[str, fl
             "batch_cpu_median_ms": float(np.median(batch_cpu)), "recall_at_10": recall}
 
 
+def _set_dim(dim: int) -> None:
+    global DIM
+    DIM = int(dim)
+
+
 def main(argv=None) -> None:
     import faiss
 
@@ -91,7 +96,10 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--dim", type=int, default=DIM,
+                    help="vector size (the shipped encoders make 4224-d vectors; 128 is the learned part alone)")
     args = ap.parse_args(argv)
+    _set_dim(args.dim)
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(CLUSTERS, DIM))
