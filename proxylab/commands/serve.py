@@ -43,7 +43,33 @@ def copy_of_shipped_index(cache: Path | None = None) -> Path:
             os.replace(tmp, target)
         except OSError:  # another start won the race; its copy is as good as ours
             shutil.rmtree(tmp, ignore_errors=True)
+    _check_copy_matches(source, target)
     return target
+
+
+def _index_dim(folder: Path) -> int:
+    import sqlite3
+
+    # immutable: a read-only open of a WAL database would still create -wal/-shm files beside it (the package's)
+    conn = sqlite3.connect(f"file:{folder / 'models.sqlite'}?immutable=1", uri=True)
+    try:
+        (value,) = conn.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
+        return int(value)
+    except (sqlite3.Error, TypeError, ValueError):
+        return -1  # unreadable: let the index's own open report what is wrong
+    finally:
+        conn.close()
+
+
+def _check_copy_matches(source: Path, target: Path) -> None:
+    """A copy made by an older proxylab holds vectors of older encoders: say so at start, never delete it (it may
+    hold the user's own registrations)."""
+    have, want = _index_dim(target), _index_dim(source)
+    if have > 0 and want > 0 and have != want:
+        raise ProxylabError(f"the zoo index copy at {target} holds {have}-d vectors from an older proxylab, but the "
+                            f"shipped encoders make {want}-d ones: move or delete that folder to start again from the "
+                            "shipped zoo (models you registered there would have to be registered again), or serve it "
+                            "with the encoders it was built with (--index DIR --encoders FILE)")
 
 
 def encoders_factory(encoders_file, extractor_file):

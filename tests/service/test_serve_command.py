@@ -48,6 +48,19 @@ def test_missing_shipped_index_is_a_clear_error(tmp_path, monkeypatch):
         serve.copy_of_shipped_index(tmp_path / "cache")
 
 
+def test_copy_from_older_encoders_is_refused_and_kept(tmp_path, monkeypatch):
+    source = make_index(tmp_path / "package" / "zoo_index")  # the shipped index: 4-d
+    old = tmp_path / "cache" / "zoo_index"
+    idx = ModelIndex.create(old, dim=2)  # a copy an older release made, with a registration of the user's
+    idx.add([1.0, 0.0], {"name": "mine"})
+    idx.save()
+    idx.close()
+    monkeypatch.setattr(serve, "shipped_index_dir", lambda: source)
+    with pytest.raises(ProxylabError, match="holds 2-d vectors from an older proxylab.*4-d"):
+        serve.copy_of_shipped_index(tmp_path / "cache")
+    assert len(ModelIndex.open(old)) == 1  # nothing the user saved is deleted
+
+
 @pytest.mark.skipif(not (serve.shipped_index_dir() / "models.sqlite").is_file(),
                     reason="the shipped zoo index is not built yet")
 def test_serve_without_index_serves_a_copy_of_the_shipped_zoo(tmp_path, tokens_file):
