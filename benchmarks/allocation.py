@@ -38,6 +38,7 @@ import torch
 
 from proxylab.allocate import ALLOCATORS, AllocationProblem, budget_between, run_allocator
 from proxylab.errors import ProxylabError
+from _results import write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -253,13 +254,6 @@ def plot(rows: List[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_csv(path: Path, columns, rows) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-
 def summary(rows: List[dict]) -> None:
     verdicts = [r["proxylab_result"] for r in rows if r["proxylab_result"]]
     print(f"proxylab vs baselines over {len(verdicts)} (net, budget, baseline) pairs: "
@@ -301,7 +295,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "allocation_proxies.csv", PROXY_COLUMNS, list(proxies.values()))
+    write_csv(out / "allocation_proxies.csv", list(proxies.values()), PROXY_COLUMNS)
     rows: List[dict] = []
     for name in tables:
         table = load_table(name)
@@ -314,7 +308,7 @@ def main(argv=None) -> int:
                     "proxylab": AllocationProblem.from_stats(proxy_stats, table.bit_choices, act_bits)}
         measurer = Measurer(spec_from_table(table))
         measure_all(name, "table", problems, proxies[name]["proxy"], origin(name), args.seed, rows, measurer.measure)
-        write_csv(out / "allocation.csv", COLUMNS, rows)  # each network as it finishes: a long run keeps its part
+        write_csv(out / "allocation.csv", rows, COLUMNS)  # each network as it finishes: a long run keeps its part
 
     if args.extra:
         like = load_table(EXTRA["measure_like"])
@@ -329,7 +323,7 @@ def main(argv=None) -> int:
         measure_all(EXTRA_NAME, "no table", problems, proxies[EXTRA_NAME]["proxy"], origin(EXTRA_NAME), args.seed,
                     rows, extra_measure(model, ds, act_bits, protocol, args.seed))
 
-    write_csv(out / "allocation.csv", COLUMNS, rows)
+    write_csv(out / "allocation.csv", rows, COLUMNS)
     plot(rows, out / "allocation_pareto.png")
     summary(rows)
     print(f"wrote {out / 'allocation.csv'}, {out / 'allocation_proxies.csv'} and {out / 'allocation_pareto.png'}")

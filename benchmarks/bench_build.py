@@ -12,7 +12,6 @@ writes benchmarks/results/bench_build.csv
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from proxylab.bench import list_tables, load_table
 from proxylab.bench.measure import Measurer, spec_from_table
+from _results import write_csv
 
 OUT = Path(__file__).resolve().parent / "results" / "bench_build.csv"
 
@@ -68,11 +68,7 @@ def main() -> None:
         res = bench_one(name, args.k, args.batch_size)
         print(res, flush=True)
         results.append(res)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with open(OUT, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]))
-        writer.writeheader()
-        writer.writerows(results)
+    write_csv(OUT, results)
     print(f"wrote {OUT}")
 
 

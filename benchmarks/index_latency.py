@@ -23,7 +23,6 @@ Writes benchmarks/results/index_latency.csv.  Run: nice .venv/bin/python benchma
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+from _results import write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "index_latency.csv"
@@ -129,13 +129,7 @@ def main(argv=None) -> None:
                 rows.append(row)
                 print(row, flush=True)
             del idx
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out}")
+    print(f"wrote {write_csv(args.out, rows)}")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ writes benchmarks/results/proxy_baselines.csv
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
+from _results import write_csv
 
 OUT = Path(__file__).resolve().parent / "results" / "proxy_baselines.csv"
 COLUMNS = ["table", "proxy", "split", "n", "spearman", "kendall", "pearson", "spearman_top20", "spearman_top50",
@@ -55,13 +55,7 @@ def main(argv=None) -> int:
             print(f"  {proxy_name:10s} spearman={row['spearman']:+.4f} top20={row['spearman_top20']:+.4f} "
                   f"ceiling={row['noise_ceiling']:.4f} {'' if row['valid'] else 'INVALID ' + row['reason']}",
                   file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+    out = write_csv(args.out, rows, COLUMNS, float_format=lambda v: f"{v:.6f}")
     print(f"wrote {out} ({len(rows)} rows)", file=sys.stderr)
     return 0
 

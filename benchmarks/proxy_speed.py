@@ -15,7 +15,6 @@ writes benchmarks/results/proxy_speed.csv
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_csv
 
 OUT = Path(__file__).resolve().parent / "results" / "proxy_speed.csv"
 COLUMNS = ["table", "layers", "configs", "method", "candidates", "valid", "median_ms_per_candidate",
@@ -105,13 +105,7 @@ def main(argv=None) -> int:
             })
         print(f"{name}: {len(bits)} configs; vectorised {fast_med * 1e3:.1f} ms/candidate, naive "
               f"{slow_med * 1e3:.0f} ms/candidate, speedup {rows[-2]['speedup_vs_naive']:.0f}x", file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    out = write_csv(args.out, rows, COLUMNS, float_format=lambda v: f"{v:.4f}")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quant_speed.csv"
 TABLE = "resnet20-mnist5k"
@@ -126,12 +126,7 @@ def main(argv=None) -> int:
            "cpu_configs_per_min": round(cpu_med["configs"], 1), "cpu_forward_per_min": round(cpu_med[cpu_baseline], 1),
            "cpu_ratio": round(cpu_ratio, 3), "threads": torch.get_num_threads(),
            "load_avg": round(os.getloadavg()[0], 1)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        writer.writeheader()
-        writer.writerow(row)
+    out = write_csv(args.out, [row])
 
     print(f"network: {source}; {len(qn)} quantized layers, BN folded: {len(qn.folded_bn)}")
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "

@@ -34,10 +34,10 @@ Definitions
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
+from _results import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["method", "query_kind", "queries", "top1_task", "recall_at_1", "recall_at_5", "recall_at_10", "best_in_top5",
@@ -75,12 +75,7 @@ def check_targets(summary, rerank_k: int):
 
 
 def _write(path: Path, columns, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(path, rows, columns, float_format=lambda v: round(v, 6), lineterminator="\n")
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,6 @@ writes benchmarks/results/service_load.csv (exit 1 if any request failed)
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import signal
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_csv
 
 OUT = Path(__file__).resolve().parent / "results" / "service_load.csv"
 COLUMNS = ["concurrency", "requests", "qps", "p50_ms", "p99_ms", "errors", "registrations", "registration_errors",
@@ -228,12 +228,7 @@ def main(argv=None) -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    out = write_csv(args.out, rows, COLUMNS)
     print(f"wrote {out}", file=sys.stderr)
     failed = sum(r["errors"] + r["registration_errors"] for r in rows)
     return 1 if failed else 0

@@ -224,17 +224,6 @@ def _cli(capsys, *argv):
     return code, (json.loads(out) if code == 0 else None), err
 
 
-@pytest.fixture()
-def one_thread():
-    """Statistics on a shared 2-core machine are several times faster on one torch thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_proxy_eval_plot_cli(tmp_path, capsys, monkeypatch, one_thread):
     from proxylab.bench import load_table
     from proxylab.proxy import KNOWN_PROXIES

@@ -7,19 +7,12 @@ random rows) is rebuilt through the same ``Measurer`` path the table builder use
 """
 import numpy as np
 import pytest
-import torch
 
 from proxylab.bench import load_table
 from proxylab.bench.measure import Measurer, spec_from_table
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a shared, loaded machine torch's default threads oversubscribe the cores (10x+ slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def remeasure(name: str, n_random: int):

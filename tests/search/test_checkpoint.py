@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from proxylab.errors import ProxylabError
 from proxylab.search import ProxySearch
@@ -22,14 +21,6 @@ table, stats = pickle.load(open(sys.argv[1], "rb"))
 ProxySearch(space="emq", pop=10, iters=int(sys.argv[3]), seed=0, checkpoint_every=3,
             out_dir=sys.argv[2]).fit([table], [stats])
 """
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def snapshot(folder: Path):

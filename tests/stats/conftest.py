@@ -67,9 +67,5 @@ def batch_order():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run far faster on one thread when the cores are shared; the setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every stats test runs on one torch thread (tests/conftest.py)."""
