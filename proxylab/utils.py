@@ -58,3 +58,28 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_npz(source, what: str) -> dict:
+    """Every array of an .npz (a path, or bytes received over HTTP) as a dict, without pickles.
+
+    A .npy file, a truncated or corrupt zip, or a pickled member raises ProxylabError naming `what`, never the
+    TypeError/BadZipFile/zlib.error numpy and zipfile would let escape."""
+    import io
+    import zipfile
+    import zlib
+
+    from proxylab.errors import ProxylabError
+
+    hint = "save it with numpy.savez(..., name=array) (not numpy.save)"
+    try:
+        data = np.load(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ProxylabError(f"{what} is not readable .npz data ({e}); {hint}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ProxylabError(f"{what} holds a single .npy array, not an .npz archive; {hint}")
+    try:
+        with data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        raise ProxylabError(f"{what} is a damaged .npz archive ({e}); {hint}") from None

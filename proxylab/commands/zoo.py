@@ -92,19 +92,14 @@ def _add_filter_args(parser: argparse.ArgumentParser) -> None:
 def load_samples(path: str):
     """A query file: npz with `images` float32 [N, 3, 32, 32] in [0, 1] and `labels` [N] -> (images tensor,
     labels int64 0..C-1)."""
-    import numpy as np
-
     from proxylab.retrieval.canonical import check_images
     from proxylab.retrieval.encoders import check_query_labels
+    from proxylab.utils import read_npz
 
     p = Path(path)
     if not p.is_file():
         raise ProxylabError(f"samples file '{path}' does not exist; save one with numpy.savez(path, images=..., labels=...)")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise ProxylabError(f"cannot read '{path}' as an .npz file without pickles ({e})") from None
+    arrays = read_npz(p, f"samples file '{path}'")
     missing = [k for k in ("images", "labels") if k not in arrays]
     if missing:
         raise ProxylabError(f"samples file '{path}' lacks {' and '.join(missing)} (it holds {', '.join(arrays) or 'nothing'}): "

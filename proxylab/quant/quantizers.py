@@ -147,7 +147,8 @@ class ActQuantizer:
         the grid's lowest level), while this clamps to the top like the fused op; NaN stays NaN here.
         Other dtypes and devices go through the fused op, which is fast on a GPU.
         """
-        if x.dtype != torch.float32 or x.device.type != "cpu":
+        if x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+            # the fused op also carries autograd (a straight-through gradient); out= tensors cannot
             q = self.reference(x)
             return q if out is None else out.copy_(q)
         if out is None:

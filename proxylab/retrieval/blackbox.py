@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from proxylab.errors import ProxylabError
+from proxylab.utils import read_npz
 from proxylab.retrieval.canonical import check_images
 
 PROB_TOLERANCE = 1e-3
@@ -213,10 +214,7 @@ class HTTPBlackBox(BlackBoxModel):
         buf = io.BytesIO()
         np.savez(buf, images=x.numpy().astype(np.float32, copy=False))
         body = self._request("/predict", buf.getvalue())
-        try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-                return np.asarray(npz["probs"])
-        except KeyError:
-            raise ProxylabError(f"{self.url}/predict answered an npz without a 'probs' array") from None
-        except (ValueError, OSError, EOFError) as e:
-            raise ProxylabError(f"{self.url}/predict did not answer npz bytes ({e})") from None
+        arrays = read_npz(body, f"the answer of {self.url}/predict")
+        if "probs" not in arrays:
+            raise ProxylabError(f"{self.url}/predict answered an npz without a 'probs' array")
+        return arrays["probs"]

@@ -402,6 +402,9 @@ def _default_encoders() -> Encoders:
     return Encoders.load(SHIPPED_ENCODERS)
 
 
+MAX_QUERY_CLASSES = 64  # ~0.25 GB for the pair attention at 64 classes; the zoo's tasks have at most 10
+
+
 def check_query_labels(labels, n: int) -> np.ndarray:
     """Labels of a few-shot query -> int64 0..C-1 (sorted unique values); ProxylabError when unusable."""
     if labels is None:
@@ -419,4 +422,8 @@ def check_query_labels(labels, n: int) -> np.ndarray:
     if len(classes) < 2:
         raise ProxylabError(f"a query needs at least 2 classes, got {len(classes)} ({list(classes)[:3]}); "
                             "add labelled images of another class")
+    if len(classes) > MAX_QUERY_CLASSES:
+        # the encoders attend over class pairs: memory grows with C^4, and a service must not be felled by one query
+        raise ProxylabError(f"a query may hold at most {MAX_QUERY_CLASSES} classes, got {len(classes)}; split the "
+                            "task into several queries")
     return inverse.astype(np.int64).reshape(-1)

@@ -201,8 +201,8 @@ def _check_queries(query: Any, dim: int) -> tuple:
 def _check_id(model_id: Any) -> int:
     if isinstance(model_id, bool) or not isinstance(model_id, (int, np.integer)):
         raise ProxylabError(f"model id must be an integer, got {model_id!r}")
-    if not 0 <= int(model_id) <= _INT64_MAX:
-        raise ProxylabError(f"model id must lie in 0..2**63-1, got {model_id}")
+    if not 0 <= int(model_id) < _INT64_MAX:  # the largest id is kept free: the next automatic id must fit too
+        raise ProxylabError(f"model id must lie in 0..2**63-2, got {model_id}")
     return int(model_id)
 
 
@@ -221,7 +221,8 @@ def _check_metadata(metadata: Any) -> Dict[str, Any]:
         if value is None:
             continue
         if typ is int:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+            if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0
+                    or int(value) > _INT64_MAX):  # SQLite stores 64-bit integers
                 raise ProxylabError(f"metadata '{key}' must be a non-negative integer, got {value!r}")
             md[key] = int(value)
         elif not isinstance(value, str):
@@ -287,12 +288,15 @@ def compile_filters(filters: Optional[Mapping[str, Any]]) -> Optional[Callable[[
 # ---------------------------------------------------------------------------------------------- locking
 
 class _RWLock:
-    """Many concurrent searches, or one writer: FAISS releases the GIL in search, so readers run in parallel."""
+    """Many concurrent searches, or one writer: FAISS releases the GIL in search, so readers run in parallel.
+    Writer-preferring: once a writer waits, new readers wait behind it, so a steady stream of overlapping
+    searches cannot starve registrations."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
+        self._waiting_writers = 0
 
     def read(self):
         return _Guard(self, write=False)
@@ -309,11 +313,15 @@ class _Guard:
         c = self.lock._cond
         with c:
             if self.write:
-                while self.lock._writer or self.lock._readers:
-                    c.wait()
+                self.lock._waiting_writers += 1
+                try:
+                    while self.lock._writer or self.lock._readers:
+                        c.wait()
+                finally:
+                    self.lock._waiting_writers -= 1
                 self.lock._writer = True
             else:
-                while self.lock._writer:
+                while self.lock._writer or self.lock._waiting_writers:
                     c.wait()
                 self.lock._readers += 1
 
@@ -576,6 +584,8 @@ class ModelIndex:
                 seen.add(n)
             next_id = self._next_id()
             if model_ids is None:
+                if next_id + len(vecs) > _INT64_MAX:
+                    raise ProxylabError("no automatic model ids are left (ids reached 2**63-1); give explicit ids")
                 ids = list(range(next_id, next_id + len(vecs)))
             else:
                 ids = [_check_id(i) for i in model_ids]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from proxylab.errors import ProxylabError
+from proxylab.utils import read_npz
 from proxylab.retrieval.canonical import IMAGE_SHAPE
 
 # 4096 canonical images in float32 are 48 MiB; a bigger body is refused before it is read.
@@ -65,15 +66,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length)
         try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-                if "images" not in npz.files:
-                    raise ProxylabError(f"the npz body must hold an 'images' array, it holds {npz.files}")
-                images = np.asarray(npz["images"])
+            arrays = read_npz(body, "the request body")
+            if "images" not in arrays:
+                raise ProxylabError(f"the npz body must hold an 'images' array, it holds {sorted(arrays)}")
+            images = arrays["images"]
         except ProxylabError as e:
             self._json(400, {"error": str(e)})
-            return
-        except (ValueError, OSError, EOFError) as e:
-            self._json(400, {"error": f"the body is not npz bytes ({e}); send np.savez(buf, images=...)"})
             return
         try:
             probs = self.server.model.predict_proba(images)

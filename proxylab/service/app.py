@@ -41,8 +41,18 @@ API_VERSION = "v1"
 DEFAULT_MAX_BODY = 32 << 20
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a lone UTF-16 surrogate a client smuggled into a name, filter key or remote
+    error text is then echoed as `\\udXXX` instead of failing to encode (a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        import json
+
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return AsciiJSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -162,7 +172,7 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
         store.close()
 
     app = FastAPI(title="proxylab model-zoo query service", version=__version__, lifespan=lifespan,
-                  description=__doc__)
+                  description=__doc__, default_response_class=AsciiJSONResponse)
     app.state.store = store
     app.state.metrics = metrics
     _install_error_handlers(app)
@@ -241,7 +251,7 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
             metadata = parse_metadata(loads_json(text, "metadata"))
             row = await run_in_threadpool(store.register_signature, data, metadata)
         metrics.inc("proxylab_registrations_total", help="models registered since start")
-        return JSONResponse(row, status_code=201, headers={"Location": f"/{API_VERSION}/models/{row['id']}"})
+        return AsciiJSONResponse(row, status_code=201, headers={"Location": f"/{API_VERSION}/models/{row['id']}"})
 
     @app.post(f"/{API_VERSION}/query", summary="rank the zoo's models for a task", openapi_extra=bodies.QUERY,
               dependencies=reader)

@@ -28,6 +28,8 @@ from proxylab.service.payloads import check_vector
 log = logging.getLogger("proxylab.service")
 LOCK_NAME = ".proxylab-serve.lock"
 
+RERANK_MAX = 20  # results re-scored per query; the rest keep their index order
+
 
 class NotFound(ProxylabError):
     """HTTP 404."""
@@ -200,9 +202,14 @@ class ZooStore:
         from proxylab.retrieval.rerank import rerank
 
         rescored, kept, calls = [], [], 0
-        for hit in hits:
+        for rank, hit in enumerate(hits):
             row = _hit_row(hit)
             url = hit.metadata.get("url")
+            if rank >= RERANK_MAX:
+                # each re-score calls a remote server: bounded, so one query cannot hold a worker for hours
+                row["rerank"] = f"skipped: only the top {RERANK_MAX} results are re-ranked"
+                kept.append(row)
+                continue
             if not url:
                 row["rerank"] = "skipped: the model was registered without a URL"
                 kept.append(row)

@@ -175,3 +175,24 @@ def test_act_quantizer_is_bit_identical_to_torch_kernels(bits, lo, hi):
         assert torch.equal(got[sane], qdq[sane])
     buf = torch.empty_like(x)
     assert q(x, out=buf) is buf and torch.equal(buf, got)
+
+
+def test_gradients_flow_through_the_activation_quantizer():
+    """With autograd recording, the quantizer takes the fused op (straight-through gradient) instead of
+    writing into a buffer, which torch refuses for tensors that need gradients."""
+    import torch.nn as nn
+
+    from proxylab.quant import QuantizedNetwork
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x = torch.randn(8, 1, 8, 8)
+    qn = QuantizedNetwork(net, x, bit_choices=(4,), act_bits=8)
+    qn.apply([4, 4])
+    with torch.no_grad():
+        expect = qn.model(x[:2])
+    xi = x[:2].clone().requires_grad_()
+    out = qn.model(xi)
+    out.sum().backward()
+    assert torch.equal(out.detach(), expect)  # same numbers on the autograd path
+    assert xi.grad is not None and xi.grad.abs().sum() > 0

@@ -431,3 +431,51 @@ def test_count_and_id_of():
     assert idx.id_of("m7") == 7
     with pytest.raises(UnknownModelError, match="no model named"):
         idx.id_of("zzz")
+
+
+def test_ids_and_integers_beyond_64_bits_are_refused_and_leave_the_index_usable():
+    idx = ModelIndex.create(None, 4)
+    with pytest.raises(ProxylabError, match="non-negative integer"):
+        idx.add([1.0, 0, 0, 0], {"name": "big", "params": 2**64})
+    with pytest.raises(ProxylabError, match="2\\*\\*63-2"):
+        idx.add([1.0, 0, 0, 0], {"name": "top"}, model_id=2**63 - 1)
+    top = idx.add([1.0, 0, 0, 0], {"name": "almost"}, model_id=2**63 - 2)
+    assert top == 2**63 - 2 and len(idx) == 1
+    with pytest.raises(ProxylabError, match="no automatic model ids"):
+        idx.add([0, 1.0, 0, 0], {"name": "next"})
+    assert idx.add([0, 1.0, 0, 0], {"name": "explicit"}, model_id=5) == 5
+
+
+def test_a_waiting_writer_goes_before_new_searches():
+    """Writer-preferring lock: once a registration waits, new searches queue behind it, so a steady stream of
+    overlapping searches cannot starve writes."""
+    import threading
+    import time
+
+    from proxylab.retrieval.index import _RWLock
+
+    lock = _RWLock()
+    first_reader = lock.read()
+    first_reader.__enter__()
+    writer_in, reader_in = threading.Event(), threading.Event()
+
+    def write():
+        with lock.write():
+            writer_in.set()
+            time.sleep(0.2)
+
+    def read():
+        with lock.read():
+            reader_in.set()
+
+    tw = threading.Thread(target=write)
+    tw.start()
+    time.sleep(0.2)  # the writer now waits for the first reader
+    tr = threading.Thread(target=read)
+    tr.start()
+    time.sleep(0.2)
+    assert not reader_in.is_set()  # the new search waits behind the waiting writer
+    first_reader.__exit__(None, None, None)
+    assert writer_in.wait(5) and reader_in.wait(5)
+    tw.join()
+    tr.join()

@@ -217,3 +217,20 @@ def test_zoo_query_cli_asks_the_server(server, zoo, encoders, tmp_path, capsys):
     assert [m["id"] for m in answer["models"]] == [r["id"] for r in expect] and len(expect) == 3
     assert main(["zoo", "query", "--samples", str(path), "--server", server.url, "--index", str(tmp_path)]) == 2
     assert "--index" in capsys.readouterr().err
+
+
+def test_lone_surrogate_in_a_filter_key_is_a_422_not_a_500(server, zoo):
+    import httpx
+
+    body = '{"vector": [%s], "filters": {"\\ud800": 1}}' % ", ".join(["1.0"] * ENC_DIM)  # JSON escape, ASCII bytes
+    r = httpx.post(server.url + "/v1/query", content=body.encode(), headers={"Content-Type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 422 and "unknown filter" in r.json()["error"]
+
+
+def test_a_query_with_too_many_classes_is_refused_before_encoding(server, zoo):
+    client, _ = zoo
+    images, labels = samples(n_per_class=1, classes=65, seed=3)
+    with pytest.raises(ServiceError) as exc:
+        client.query(images, labels, k=3)
+    assert exc.value.status == 422 and "at most 64 classes" in str(exc.value)

@@ -1,0 +1,60 @@
+"""proxylab.utils.read_npz: every malformed upload becomes one ProxylabError (the service, the model server
+and `zoo query --samples` all read user bytes through it)."""
+import io
+
+import numpy as np
+import pytest
+
+from proxylab.errors import ProxylabError
+from proxylab.utils import read_npz
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_round_trip_from_bytes_and_path(tmp_path):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert np.array_equal(read_npz(npz_bytes(a=a), "x")["a"], a)
+    (tmp_path / "f.npz").write_bytes(npz_bytes(a=a, b=np.ones(2)))
+    got = read_npz(tmp_path / "f.npz", "x")
+    assert sorted(got) == ["a", "b"] and np.array_equal(got["a"], a)
+
+
+def test_single_npy_array_is_named():
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(3))
+    with pytest.raises(ProxylabError, match="single .npy array.*numpy.savez"):
+        read_npz(buf.getvalue(), "the upload")
+
+
+@pytest.mark.parametrize("mangle", [lambda b: b[: len(b) // 2], lambda b: b"PK\x03\x04" + b"\x00" * 40, lambda b: b"junk"])
+def test_truncated_or_corrupt_archives_are_one_clear_error(mangle):
+    with pytest.raises(ProxylabError, match="the upload"):
+        read_npz(mangle(npz_bytes(a=np.ones((50, 50)))), "the upload")
+
+
+def test_pickled_members_are_refused():
+    buf = io.BytesIO()
+    np.savez(buf, a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ProxylabError):
+        read_npz(buf.getvalue(), "the upload")
+
+
+def test_model_server_answers_400_to_an_npy_body():
+    import torch.nn as nn
+    import urllib.error
+    import urllib.request
+
+    from proxylab.retrieval.model_server import serve_model
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((1, 3, 32, 32), dtype=np.float32))
+    with serve_model(net) as srv:
+        req = urllib.request.Request(srv.url + "/predict", data=buf.getvalue(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(req, timeout=30)
+        assert exc.value.code == 400 and b"numpy.savez" in exc.value.read()
