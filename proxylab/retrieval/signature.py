@@ -38,6 +38,9 @@ BISECTION_STEPS = 6
 ANCHOR_TOP = 8  # pool images averaged into a class's anchor features
 _POOL_SEED_TAG = 0x51C7  # keeps the pool's scene stream apart from the shapes data set's own scenes
 
+# The encoders attend over class-pair tokens (memory grows with C^4): bounded so one upload cannot fell a service.
+MAX_SIGNATURE_CLASSES = 64
+
 
 @dataclass
 class Signature:
@@ -65,6 +68,12 @@ class Signature:
         a, b, p = self.anchors, self.boundary, self.pairs
         if self.num_classes < 2:
             raise ProxylabError(f"{where}: a model signature needs >= 2 classes, got {self.num_classes}")
+        if self.num_classes > MAX_SIGNATURE_CLASSES:
+            raise ProxylabError(f"{where}: at most {MAX_SIGNATURE_CLASSES} classes are supported, got {self.num_classes} "
+                                "(the encoders attend over every class pair)")
+        if len(p) > self.num_classes * (self.num_classes - 1) // 2:
+            raise ProxylabError(f"{where}: {len(p)} boundary samples for {self.num_classes} classes; at most one per "
+                                "class pair")
         if a.ndim != 2 or a.shape[0] != self.num_classes or a.shape[1] < 1:
             raise ProxylabError(f"{where}: anchors must be [num_classes={self.num_classes}, D], got {list(a.shape)}")
         if b.ndim != 2 or b.shape[1] != a.shape[1] or b.shape[0] != p.shape[0]:
@@ -171,6 +180,8 @@ def capture_signature(model, extractor=None, seed: int = 0, pool: Optional["torc
     k = int(getattr(model, "num_classes", 0) or 0)
     if k < 2:
         raise ProxylabError(f"a model needs >= 2 classes to have a signature, got num_classes={k}")
+    if k > MAX_SIGNATURE_CLASSES:
+        raise ProxylabError(f"signatures support models of at most {MAX_SIGNATURE_CLASSES} classes, this one has {k}")
     if int(steps) < 1:
         raise ProxylabError(f"steps must be >= 1, got {steps}")
     fx = extractor if extractor is not None else FeatureExtractor.default()

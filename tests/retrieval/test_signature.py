@@ -167,3 +167,13 @@ def test_probe_pool_is_seeded_canonical_and_from_source_data():
     assert torch.equal(a, b)  # recomputed from scratch: same bytes
     assert a.shape == (16 + 6 * 8, 3, 32, 32) and float(a.min()) >= 0 and float(a.max()) <= 1
     assert not torch.equal(probe_pool(1, 16), a)
+
+
+def test_signature_size_is_bounded_so_one_upload_cannot_exhaust_memory():
+    k = 65
+    pairs = np.array([(i, j) for i in range(k) for j in range(i + 1, k)])
+    with pytest.raises(ProxylabError, match="at most 64 classes"):
+        Signature(np.zeros((k, 4)), np.zeros((len(pairs), 4)), pairs, k, 0, "x", 0)
+    repeated = np.array([[0, 1]] * 4)  # 3 classes have 3 pairs: a fourth boundary sample repeats one
+    with pytest.raises(ProxylabError, match="at most one per class pair"):
+        Signature(np.zeros((3, 4)), np.zeros((4, 4)), repeated, 3, 0, "x", 0)
