@@ -38,7 +38,8 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ("within", "leave_one_out", "no_dps", "no_csp", "no_osp")
 ABLATION = {"no_dps": {"dps": False}, "no_csp": {"csp": False}, "no_osp": {"osp": False}}
-KEY = ("setting", "table", "seed", "pop", "iters", "space", "fitness", "select_by")
+# searched_on is part of a run's identity: a leave-one-out row searched on another table set is another run
+KEY = ("setting", "table", "searched_on", "seed", "pop", "iters", "space", "fitness", "select_by")
 INT_COLUMNS = ("seed", "pop", "iters", "evaluations", "rejected_early", "rejected_full")
 WALL_TARGET_S = 15 * 60
 SCREEN_TARGET = 0.90
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
         for held in range(len(tables)):
             for seed in range(args.seeds):
                 row = {"setting": setting, "table": tables[held].name, "seed": seed, "pop": args.pop,
-                       "iters": args.iters, "space": args.space, "fitness": args.fitness, "select_by": args.select_by}
+                       "iters": args.iters, "space": args.space, "fitness": args.fitness, "select_by": args.select_by,
+                       "searched_on": "+".join(tables[i].name for i in train_indices(setting, held, len(tables)))}
                 if run_key(row) in done:
                     continue
                 row = one_run(setting, held, seed, tables, stats, args)
