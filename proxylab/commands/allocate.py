@@ -159,7 +159,13 @@ def _plot(args, source: str, budget, rows) -> None:
         from proxylab.bench import load_table
 
         t = load_table(args.bench)
-        background = (t.size_mb, t.acc)
+        ours = (int(args.act_bits), args.protocol or _table_protocol(args.bench), tuple(parse_bits_list(args.bits)))
+        theirs = (int(t.meta.get("act_bits", -1)), _table_protocol(args.bench), tuple(t.bit_choices))
+        if ours == theirs:
+            background = (t.size_mb, t.acc)
+        else:  # accuracies measured under other settings would mislead as a backdrop
+            print(f"plot: the table's configurations are left out (measured with act bits, protocol, bits {theirs}; "
+                  f"these allocations with {ours})", file=sys.stderr)
     pareto(rows, args.plot, background=background, title=f"{source}: {budget.describe()}")
 
 

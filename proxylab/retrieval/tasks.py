@@ -243,7 +243,9 @@ class QuerySpec:
 
     @property
     def key(self) -> str:
-        return f"{self.task}.{self.split}.n{self.n_per_class}.s{self.seed}"
+        base = f"{self.task}.{self.split}.n{self.n_per_class}.s{self.seed}"
+        # the scoring-set size changes the probe accuracies: part of the cache key unless it is the default
+        return base if self.n_eval_per_class == DEFAULT_EVAL_PER_CLASS else f"{base}.e{self.n_eval_per_class}"
 
     @property
     def kind(self) -> str:

@@ -143,3 +143,24 @@ def test_allocate_plot_needs_measure(user_net, capsys, tmp_path):
     code, out, err = _run(capsys, _base(folder) + ["--proxy", "emq", "--budget", "size_mb=0.0009",
                                                    "--plot", str(tmp_path / "p.png")])
     assert code == 2 and "--measure" in err
+
+
+def test_plot_leaves_out_table_configurations_measured_under_other_settings(tmp_path, capsys):
+    import argparse
+
+    from proxylab.commands.allocate import _plot
+
+    rows = [{"allocator": "proxylab", "size_mb": 0.09, "acc": 0.9}, {"allocator": "uniform", "size_mb": 0.1, "acc": 0.8}]
+    args = argparse.Namespace(bench="resnet20-mnist5k", act_bits=4, protocol=None, bits="2,3,4",
+                              plot=str(tmp_path / "p.png"))
+    _plot(args, "resnet20", _budget(), rows)
+    assert "left out" in capsys.readouterr().err and (tmp_path / "p.png").is_file()
+    args.act_bits = 8  # the table's own settings: the backdrop is drawn, nothing is said
+    _plot(args, "resnet20", _budget(), rows)
+    assert "left out" not in capsys.readouterr().err
+
+
+def _budget():
+    from proxylab.allocate import parse_budget
+
+    return parse_budget(["size_mb=0.1"])

@@ -113,3 +113,11 @@ def test_bad_requests_name_the_problem():
         Task("one", "digits", (3,))
     with pytest.raises(ProxylabError, match="n_per_class"):
         task.sample("train", 0)
+
+
+def test_query_key_names_a_non_default_scoring_set_size():
+    from proxylab.retrieval.tasks import QuerySpec
+
+    default = QuerySpec("animal-odd", 10, 0, "test")
+    other = QuerySpec("animal-odd", 10, 0, "test", n_eval_per_class=10)
+    assert default.key == "animal-odd.test.n10.s0" and other.key != default.key  # the oracle cache must not mix them
