@@ -5,12 +5,10 @@ written atomically (temporary file + rename): a benchmark killed while writing l
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from proxylab.utils import atomic_write_text
+from proxylab.utils import atomic_write_text, rows_to_csv
 
 
 def write_csv(path, rows: Iterable[Mapping[str, Any]], columns: Optional[Sequence[str]] = None,
@@ -19,14 +17,8 @@ def write_csv(path, rows: Iterable[Mapping[str, Any]], columns: Optional[Sequenc
     out. `float_format` renders float cells (e.g. ``lambda v: f"{v:.4f}"``); other cells are written as they are."""
     rows = list(rows)
     cols = list(columns) if columns is not None else list(rows[0]) if rows else []
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator=lineterminator)
-    writer.writeheader()
-    for row in rows:
-        if float_format is not None:
-            row = {k: (float_format(v) if isinstance(v, float) else v) for k, v in row.items()}
-        writer.writerow(row)
+    fmt = (lambda v: float_format(v) if isinstance(v, float) else v) if float_format else (lambda v: v)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, buf.getvalue())
+    atomic_write_text(out, rows_to_csv(rows, cols, cell=fmt, lineterminator=lineterminator))
     return out

@@ -7,8 +7,7 @@ method x query) and retrieval_targets.csv (the issue's targets, met or not).
 Encoders: the shipped ones (proxylab.retrieval.encoders): a training-free kernel mean embedding of the class
 anchors / query prototypes plus 0.25 x the learned set-encoder vector; that variant was chosen on a validation
 set of train models and train-split queries only (`python -m proxylab.retrieval.train_encoders --zoo runs/zoo200
---validate benchmarks/results/retrieval_validation.csv`), never on this benchmark. retrieval_before_after.csv
-compares these figures with the learned-only encoders shipped before.
+--validate benchmarks/results/retrieval_validation.csv`), never on this benchmark.
 
 Setting (details: proxylab.retrieval.evaluate): the learned part was trained on the zoo's train half
 (proxylab.retrieval.train_encoders.split_models: a seeded draw per model id, 95 of the 200 models); this

@@ -36,7 +36,9 @@ def require_matplotlib() -> None:
 
 
 def check_plot_path(path: PathLike) -> Path:
-    """The output path, checked before any slow work: a supported suffix, a parent that is (or can be) a folder."""
+    """The output path, checked before any slow work: matplotlib importable, a supported suffix, a parent that is
+    (or can be) a folder."""
+    require_matplotlib()
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:
         raise ProxylabError(f"picture file '{path}' must end in {', '.join(SUFFIXES)} (the format follows the suffix)")

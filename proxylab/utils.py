@@ -1,13 +1,16 @@
 """Small shared helpers: seeding, hashing, atomic writes. Nothing here knows about networks or proxies."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import math
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -65,9 +68,7 @@ def read_npz(source, what: str) -> dict:
 
     A .npy file, a truncated or corrupt zip, or a pickled member raises ProxylabError naming `what`, never the
     TypeError/BadZipFile/zlib.error numpy and zipfile would let escape."""
-    import io
     import zipfile
-    import zlib
 
     from proxylab.errors import ProxylabError
 
@@ -81,5 +82,35 @@ def read_npz(source, what: str) -> dict:
     try:
         with data:
             return {k: np.asarray(data[k]) for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise ProxylabError(f"{what} holds object arrays, which need pickle; only numeric arrays are accepted") from None
         raise ProxylabError(f"{what} is a damaged .npz archive ({e}); {hint}") from None
+    except Exception as e:  # noqa: BLE001 - zlib, zipfile, EOF...: any failure to decode given bytes is theirs
+        raise ProxylabError(f"{what} is a damaged .npz archive ({type(e).__name__}: {e}); {hint}") from None
+
+
+def csv_cell(v: Any) -> Any:
+    """How proxylab writes a cell: floats at full precision (nan spelled out), lists as space-separated values."""
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    if isinstance(v, (list, tuple)):
+        return " ".join(str(x) for x in v)
+    return v
+
+
+def rows_to_csv(rows: Iterable[Mapping[str, Any]], columns: Optional[Sequence[str]] = None,
+                cell: Callable[[Any], Any] = csv_cell, lineterminator: str = "\n") -> str:
+    """Dict rows -> CSV text. `columns` default: every key, in first-seen order; keys outside `columns` are left
+    out. `cell` renders each value."""
+    rows = list(rows)
+    if columns is None:
+        columns = []
+        for r in rows:
+            columns += [c for c in r if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator=lineterminator)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({c: cell(r.get(c, "")) for c in columns})
+    return buf.getvalue()

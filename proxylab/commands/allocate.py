@@ -45,9 +45,8 @@ class Allocate(Command):
         if args.plot:
             if not args.measure:
                 raise ProxylabError("--plot draws measured accuracy: add --measure")
-            from proxylab.plots import check_plot_path, require_matplotlib
+            from proxylab.plots import check_plot_path
 
-            require_matplotlib()
             check_plot_path(args.plot)  # fail before the slow statistics pass, not after
         args.proxy = _proxy_argument(args.proxy, args.proxy_file)
         budget = parse_budget(args.budget)

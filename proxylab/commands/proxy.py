@@ -57,9 +57,8 @@ class ProxyEval(Command):
         from proxylab.proxy.report import evaluate_many
 
         if args.plot:  # a missing matplotlib or a bad file name fails before the statistics pass
-            from proxylab.plots import check_plot_path, require_matplotlib
+            from proxylab.plots import check_plot_path
 
-            require_matplotlib()
             check_plot_path(args.plot)
         table = load_table(args.bench)
         proxies = [KNOWN_PROXIES.get(n) for n in KNOWN_PROXIES.names()] if args.all_known else [parse_proxy(args.proxy)]

@@ -49,9 +49,8 @@ class Search(Command):
             raise ProxylabError("--bench is empty: give at least one table name or folder")
         load_space(args.space)  # a bad space file fails before any table or statistic is loaded
         if args.plot:
-            from proxylab.plots import check_plot_path, require_matplotlib
+            from proxylab.plots import check_plot_path
 
-            require_matplotlib()
             check_plot_path(args.plot)  # fail now, not after the search
         tables = [load_table(n) for n in names]
         search = ProxySearch(

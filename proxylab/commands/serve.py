@@ -14,9 +14,9 @@ from proxylab.errors import MissingDependencyError, ProxylabError
 
 
 def shipped_index_dir() -> Path:
-    import proxylab.retrieval
+    from proxylab.commands.zoo import shipped_index_dir as shipped
 
-    return Path(proxylab.retrieval.__file__).parent / "shipped" / "zoo_index"
+    return shipped()
 
 
 def cache_root() -> Path:
@@ -51,7 +51,9 @@ def _index_dim(folder: Path) -> int:
     import sqlite3
 
     # immutable: a read-only open of a WAL database would still create -wal/-shm files beside it (the package's)
-    conn = sqlite3.connect(f"file:{folder / 'models.sqlite'}?immutable=1", uri=True)
+    from proxylab.retrieval.index import DB_NAME
+
+    conn = sqlite3.connect(f"file:{folder / DB_NAME}?immutable=1", uri=True)
     try:
         (value,) = conn.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
         return int(value)

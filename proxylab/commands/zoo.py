@@ -396,9 +396,8 @@ class ZooEval(Command):
         from proxylab.retrieval.tasks import get_task
 
         if args.plot:
-            from proxylab.plots import check_plot_path, require_matplotlib
+            from proxylab.plots import check_plot_path
 
-            require_matplotlib()
             check_plot_path(args.plot)  # fail before minutes of evaluation, not after
         queries = default_queries(args.kind, _int_list(args.shots, "--shots"), _int_list(args.seeds, "--seeds"))
         if args.tasks:
@@ -438,19 +437,9 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 
 def _write_csv(path: str, rows: List[Dict[str, Any]]) -> None:
-    import csv
-    import io
+    from proxylab.utils import atomic_write_text, rows_to_csv
 
-    from proxylab.utils import atomic_write_text
-
-    cols: List[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, rows_to_csv(rows))
 
 
 class ZooServeModel(Command):

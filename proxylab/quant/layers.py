@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from proxylab.errors import ProxylabError
+from proxylab.nets.hooks import measuring
 
 QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -77,15 +78,8 @@ def _trace(model: nn.Module, example_input: torch.Tensor):
             handles.append(m.register_forward_hook(layer_hook(name)))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             handles.append(m.register_forward_pre_hook(bn_hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with measuring(model, handles):
+        model(example_input)
     if not order:
         raise ProxylabError(
             "the network has no Conv2d or Linear layer that runs on a forward pass: nothing to quantize"

@@ -196,7 +196,7 @@ class QuantizedNetwork:
                 self._reused.add(seen[3])
                 return (seen[2],) + tuple(inputs[1:])
             # Autograd keeps a layer's input for the backward pass: reuse buffers only when it records nothing.
-            buf = None if torch.is_grad_enabled() else self._pool.take(x)
+            buf = None if torch.is_grad_enabled() or x.device.type != "cpu" else self._pool.take(x)
             out = q(x, out=buf)
             if self._share and (self._producers is None or i in self._producers):
                 self._shared[id(x)] = (x, key, out, i)  # holding x keeps its id from being reused in this pass

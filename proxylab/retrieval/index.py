@@ -18,7 +18,6 @@ still returns its k best matches rather than the filtered remains of an unfilter
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sqlite3
@@ -31,7 +30,7 @@ import numpy as np
 
 from proxylab.errors import ProxylabError
 from proxylab.registry import Registry
-from proxylab.utils import PathLike, atomic_write_bytes
+from proxylab.utils import PathLike, atomic_write_bytes, sha256_bytes
 
 DB_NAME = "models.sqlite"
 FAISS_NAME = "vectors.faiss"
@@ -474,7 +473,7 @@ class ModelIndex:
         if (file.is_file() and meta.get("faiss_revision") == meta.get("revision")
                 and meta.get("faiss_kind") == self.kind):
             data = file.read_bytes()
-            if hashlib.sha256(data).hexdigest() == meta.get("faiss_sha256"):
+            if sha256_bytes(data) == meta.get("faiss_sha256"):
                 try:
                     index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
                 except RuntimeError:
@@ -685,7 +684,7 @@ class ModelIndex:
             (revision,) = self._conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
             with self._conn:
                 self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [
-                    ("faiss_sha256", hashlib.sha256(data).hexdigest()), ("faiss_revision", str(revision)),
+                    ("faiss_sha256", sha256_bytes(data)), ("faiss_revision", str(revision)),
                     ("faiss_kind", self.kind), ("faiss_effective", self._kind.effective)])
 
     def close(self) -> None:

@@ -6,9 +6,7 @@ is touched, with the differing keys named.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 import yaml
 
 from proxylab.errors import ProxylabError
+from proxylab.utils import rows_to_csv  # noqa: F401  (re-exported: benchmarks import it from here)
 from proxylab.search.state import SearchState
 from proxylab.utils import atomic_write_json, atomic_write_text
 
@@ -52,26 +51,6 @@ def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
             else:
                 out.append(f"{key}: {old.get(key)!r} in the folder, {new.get(key)!r} now")
     return out
-
-
-def rows_to_csv(rows: List[Dict[str, Any]]) -> str:
-    cols: List[str] = []
-    for r in rows:
-        cols += [c for c in r if c not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: _cell(r.get(c, "")) for c in cols})
-    return buf.getvalue()
-
-
-def _cell(v: Any) -> Any:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else repr(v)
-    if isinstance(v, (list, tuple)):
-        return " ".join(str(x) for x in v)
-    return v
 
 
 class RunFolder:

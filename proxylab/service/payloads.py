@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from proxylab.utils import read_npz
 from proxylab.errors import ProxylabError, require
 
 IMAGE_SHAPE = (3, 32, 32)  # the canonical image space of proxylab.retrieval.canonical
@@ -163,16 +164,7 @@ def load_npz(data: bytes, what: str, max_bytes: int) -> Dict[str, np.ndarray]:
         raise ProxylabError(f"{what} is not an .npz file ({e}); save it with numpy.savez") from None
     require(total <= max_bytes, f"{what} unpacks to {total} bytes, over this service's limit of {max_bytes}; "
                                 "send fewer or smaller arrays")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise ProxylabError(f"{what} holds object arrays, which need pickle; this service accepts only "
-                                "numeric arrays") from None
-        raise ProxylabError(f"{what} could not be read as .npz ({e})") from None
-    except Exception as e:  # noqa: BLE001 - any failure to decode untrusted bytes is the upload's fault
-        raise ProxylabError(f"{what} could not be read as .npz ({type(e).__name__}: {e})") from None
+    return read_npz(data, what)
 
 
 def check_samples(arrays: Dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -169,14 +169,8 @@ class ZooStore:
         return md
 
     def list(self, filters: Dict[str, Any], limit: int, offset: int) -> Dict[str, Any]:
-        for attempt in range(3):
-            try:
-                models = self.index.list(filters=filters or None, limit=limit, offset=offset)
-                break
-            except KeyError:  # ModelIndex.list reads metadata after its lock: a concurrent delete; read again
-                if attempt == 2:
-                    raise
-        total = len(self.index.list(filters=filters)) if filters else len(self.index)
+        models = self.index.list(filters=filters or None, limit=limit, offset=offset)
+        total = self.index.count(filters or None)
         return {"models": [dict(m) for m in models], "total": total, "limit": limit, "offset": offset}
 
     def search(self, vector: np.ndarray, k: int, filters: Dict[str, Any]) -> List[Any]:

@@ -17,6 +17,7 @@ from proxylab.stats import cache as stats_cache
 from proxylab.stats import extras as stats_extras
 from proxylab.stats.collect import activations_and_grads, empirical_fisher, hessian_scalars, virtual_grads
 from proxylab.stats.network_stats import NetworkStats
+from proxylab.nets.hooks import measuring
 
 VIRTUAL_MODES = ("synflow", "plain")
 TRACE_MODES = ("joint", "block")
@@ -247,13 +248,8 @@ def _compute(model, xb, yb, bits, seed, hessian, options, key) -> NetworkStats:
 
 
 def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(example)
-    finally:
-        model.train(was_training)
+    with measuring(model):
+        out = model(example)
     require(out.dim() == 2, f"the model must return logits [N, classes], got shape {tuple(out.shape)}")
     return int(out.shape[1])
 

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from proxylab.stats import cache as stats_cache
 from proxylab.stats.collect import _linearize_, eval_with_weight_grads
+from proxylab.nets.hooks import measuring
 
 # Bump when what an extras entry holds changes.
 EXTRAS_VERSION = 1
@@ -48,16 +49,8 @@ def output_grams(model: nn.Module, layers: NamedLayers, x: torch.Tensor) -> List
 
         return hook
 
-    handles = [m.register_forward_hook(hook_for(i)) for i, (_, m) in enumerate(layers)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with measuring(model, [m.register_forward_hook(hook_for(i)) for i, (_, m) in enumerate(layers)]):
+        model(x)
     missing = [name for i, (name, _) in enumerate(layers) if i not in grams]
     if missing:
         raise RuntimeError(f"layers {missing} were not called in the forward pass")

@@ -373,7 +373,8 @@ def test_concurrent_searches_and_writes():
         try:
             for i in range(60):
                 row = idx.search(vecs[i % 100], k=5)
-                assert row and all(h.id in idx._meta or h.id >= 0 for h in row)
+                assert 0 < len(row) <= 5 and len({h.id for h in row}) == len(row)
+                assert all(a.score >= b.score for a, b in zip(row, row[1:]))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 

@@ -94,11 +94,15 @@ def npz_bytes(compressed=False, **arrays):
     return buf.getvalue()
 
 
-def test_npz_size_is_checked_before_decompressing():
+def test_npz_size_is_checked_before_decompressing(monkeypatch):
+    import proxylab.service.payloads as payloads
+
     data = npz_bytes(compressed=True, a=np.zeros(1_000_000, np.float32))
     assert len(data) < 20_000
-    with pytest.raises(ProxylabError, match="unpacks to"):
-        load_npz(data, "upload", max_bytes=1_000_000)
+    with monkeypatch.context() as m:
+        m.setattr(payloads, "read_npz", lambda *a, **k: pytest.fail("decompressed before the size check"))
+        with pytest.raises(ProxylabError, match="unpacks to"):
+            load_npz(data, "upload", max_bytes=1_000_000)
     assert load_npz(data, "upload", max_bytes=5_000_000)["a"].shape == (1_000_000,)
 
 
