@@ -250,6 +250,8 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
       of the 5 best of those (by the oracle) is in the top 5, transfer_regret = best minus top-1 accuracy.
     The benchmark's test models and TEST-split queries play no part in any choice made with this.
     """
+    from proxylab.metrics import hit_at_k, regret
+
     ids = sorted(int(i) for i in signatures)
     require(len(ids) >= 2 and len(query_features) > 0, "validation needs >= 2 models and >= 1 query")
     m = np.stack([encoders.encode_signature(signatures[i]) for i in ids]).astype(np.float64)
@@ -264,9 +266,8 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
         if transfer_truth is not None and task in transfer_truth:
             others = [ids[n] for n in order if tasks[n] != task]  # the ranking with the task's own models removed
             acc = {i: float(transfer_truth[task][i]) for i in others}
-            best5 = set(sorted(acc, key=lambda i: (-acc[i], i))[:N_RELEVANT_NEW])
-            t_r5.append(float(bool(best5 & set(others[:5]))))
-            t_regret.append(max(acc.values()) - acc[others[0]])
+            t_r5.append(hit_at_k(others, relevant_ids("new", task, {}, acc), 5))
+            t_regret.append(regret(others, acc))
     out = {"queries": len(top1), "models": len(ids), "top1_task": float(np.mean(top1)),
            "recall_at_5": float(np.mean(r5)), "per_task_top1": {t: float(np.mean(v)) for t, v in per_task.items()}}
     if t_r5:

@@ -112,7 +112,6 @@ class ZooStore:
                 log.info("created an empty %s index of dimension %d at %s", kind, dim, self.path)
             else:
                 self.index = ModelIndex.open(str(self.path))
-            self._names: Dict[str, int] = {md["name"]: int(md["id"]) for md in self.index.list()}
         except BaseException:
             self._release()
             if made_folder:  # a failed start leaves no half-made index folder behind
@@ -228,15 +227,20 @@ class ZooStore:
 
     # --- writes ---------------------------------------------------------------------------------------
     def _check_name_free(self, name: str) -> None:
-        if name in self._names:
-            raise Conflict(f"a model named '{name}' is already registered (id {self._names[name]}); pick "
-                           "another name or DELETE it first")
+        """The index keeps the name -> id map; a copy here could only drift from it."""
+        from proxylab.retrieval.index import UnknownModelError
+
+        try:
+            model_id = self.index.id_of(name)
+        except UnknownModelError:
+            return
+        raise Conflict(f"a model named '{name}' is already registered (id {model_id}); pick "
+                       "another name or DELETE it first")
 
     def _add(self, vector: np.ndarray, metadata: Dict[str, Any]) -> Dict[str, Any]:
         with self._write_lock:
             self._check_name_free(metadata["name"])
             model_id = int(self.index.add(vector, metadata))
-            self._names[metadata["name"]] = model_id
         return {**metadata, "id": model_id}
 
     def register_vector(self, vector: Any, metadata: Dict[str, Any]) -> Dict[str, Any]:
@@ -293,7 +297,6 @@ class ZooStore:
         with self._write_lock:
             md = self.get(model_id)
             self.index.remove(model_id)
-            self._names.pop(md["name"], None)
         return md
 
     # --- life cycle -----------------------------------------------------------------------------------
