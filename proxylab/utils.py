@@ -9,6 +9,8 @@ import math
 import os
 import random
 import tempfile
+import threading
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -63,31 +65,37 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+# numpy parses each member's header with ast.literal_eval, and CPython 3.11's AST validation is not safe across
+# threads ("constructor recursion depth mismatch" under concurrent model-server / service requests): one at a time.
+_NPZ_LOCK = threading.Lock()
+
+
 def read_npz(source, what: str) -> dict:
     """Every array of an .npz (a path, or bytes received over HTTP) as a dict, without pickles.
 
     A .npy file, a truncated or corrupt zip, or a pickled member raises ProxylabError naming `what`, never the
     TypeError/BadZipFile/zlib.error numpy and zipfile would let escape."""
-    import zipfile
-
     from proxylab.errors import ProxylabError
 
     hint = "save it with numpy.savez(..., name=array) (not numpy.save)"
-    try:
-        data = np.load(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ProxylabError(f"{what} is not readable .npz data ({e}); {hint}") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ProxylabError(f"{what} holds a single .npy array, not an .npz archive; {hint}")
-    try:
-        with data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise ProxylabError(f"{what} holds object arrays, which need pickle; only numeric arrays are accepted") from None
-        raise ProxylabError(f"{what} is a damaged .npz archive ({e}); {hint}") from None
-    except Exception as e:  # noqa: BLE001 - zlib, zipfile, EOF...: any failure to decode given bytes is theirs
-        raise ProxylabError(f"{what} is a damaged .npz archive ({type(e).__name__}: {e}); {hint}") from None
+    with _NPZ_LOCK:
+        try:
+            data = np.load(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,
+                           allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ProxylabError(f"{what} is not readable .npz data ({e}); {hint}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ProxylabError(f"{what} holds a single .npy array, not an .npz archive; {hint}")
+        try:
+            with data:
+                return {k: np.asarray(data[k]) for k in data.files}
+        except ValueError as e:
+            if "pickle" in str(e).lower():
+                raise ProxylabError(f"{what} holds object arrays, which need pickle; only numeric arrays are "
+                                    "accepted") from None
+            raise ProxylabError(f"{what} is a damaged .npz archive ({e}); {hint}") from None
+        except Exception as e:  # noqa: BLE001 - zlib, zipfile, EOF...: any failure to decode given bytes is theirs
+            raise ProxylabError(f"{what} is a damaged .npz archive ({type(e).__name__}: {e}); {hint}") from None
 
 
 def csv_cell(v: Any) -> Any:
