@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 from proxylab.allocate import ALLOCATORS, AllocationProblem, budget_between, run_allocator
@@ -51,12 +49,6 @@ SEARCH = dict(space="extended", pop=50, iters=1000, seed=0)
 EXTRA = dict(net="resnet18", data="shapes-texture", kwargs={"width": 0.25, "stem": "small_s2"}, epochs=8,
              measure_like="resnet18-shapes")
 EXTRA_NAME = f"{EXTRA['net']}-{EXTRA['data']}"
-# OMPQ's orthogonality needs several images' activations; the stats default keeps 32k values per layer,
-# which on a 32x32 feature map with many channels is a single image. Only the activations differ from the
-# default statistics a search scores its proxies on, so a searched proxy that reads activations (A, bA) is
-# scored on default statistics (computed for it alone), any other on these.
-STATS_KW = dict(hessian=True, act_images=8, act_max_elements=1 << 20)
-READS_ACTS = re.compile(r"\bb?A\b")
 COLUMNS = ["net", "source", "budget_frac", "budget_mb", "allocator", "proxy", "proxy_origin", "size_mb", "bitops",
            "acc", "acc_half_a", "acc_half_b", "noise", "proxylab_result", "bits", "seconds"]
 PROXY_COLUMNS = ["net", "searched_on", "proxy", "select_fitness", "search_fitness", "run_dir", "command"]
@@ -98,27 +90,14 @@ def searched_proxy(net: str, tables, run_dir: Path) -> dict:
 
 
 def best_known_proxy(tables) -> dict:
-    """The known proxy with the best mean select-split Spearman over ``tables`` (invalid ones skipped)."""
-    from proxylab.allocate import resolve_proxy
-    from proxylab.bench import load_table, spearman
-    from proxylab.proxy import KNOWN_PROXIES, score_configs
+    """The known proxy with the best mean select-split Spearman over ``tables`` (the search report's rule)."""
+    from proxylab.bench import load_table
+    from proxylab.search.report import best_known
     from proxylab.stats import stats_for_table
 
-    rhos: Dict[str, List[float]] = {}
-    for name in tables:
-        table = load_table(name)
-        stats = stats_for_table(table)
-        sel = table.split("select")
-        for proxy in sorted(KNOWN_PROXIES):
-            try:
-                rho = spearman(score_configs(resolve_proxy(proxy), stats, table.bits[sel]), table.acc[sel])
-            except ProxylabError:
-                continue
-            if np.isfinite(rho):
-                rhos.setdefault(proxy, []).append(rho)
-    complete = {k: float(np.mean(v)) for k, v in rhos.items() if len(v) == len(tables)}
-    best = max(complete, key=complete.get)
-    return {"proxy": best, "select_fitness": complete[best], "searched_on": ",".join(tables),
+    loaded = [load_table(name) for name in tables]
+    best, fitness, _ = best_known(loaded, [stats_for_table(t) for t in loaded], "mean")
+    return {"proxy": best, "select_fitness": fitness, "searched_on": ",".join(tables),
             "search_fitness": "", "run_dir": "", "command": "best known proxy on the select split"}
 
 
@@ -138,8 +117,8 @@ def choose_proxies(args, tables) -> List[dict]:
     return [searched_proxy(n, on, d) for n, on, d in nets]
 
 
-def measure_all(name, source, problems, proxy, origin, seed, rows, measure):
-    """Every allocator at every budget; ``problems``: allocator -> AllocationProblem ("*" for the rest);
+def measure_all(name, source, problem, proxy, origin, seed, rows, measure):
+    """Every allocator at every budget on one AllocationProblem;
     ``measure(bits) -> (acc, acc_half_a, acc_half_b)`` on the test split."""
     seen: Dict[tuple, tuple] = {}  # allocators often agree on a config: measure each config once
 
@@ -150,12 +129,12 @@ def measure_all(name, source, problems, proxy, origin, seed, rows, measure):
         return seen[key]
 
     for frac in FRACTIONS:
-        budget = budget_between(problems["*"], frac)
+        budget = budget_between(problem, frac)
         group = []
         for alloc in ALLOCATORS.names():
             t0 = time.perf_counter()
             try:
-                res = run_allocator(alloc, problems.get(alloc, problems["*"]), budget, proxy=proxy, seed=seed)
+                res = run_allocator(alloc, problem, budget, proxy=proxy, seed=seed)
             except ProxylabError as e:  # e.g. a baseline that cannot score this network: say so, go on
                 print(f"  {name} {frac:.0%}: {alloc} failed: {e}", flush=True)
                 continue
@@ -300,27 +279,22 @@ def main(argv=None) -> int:
     for name in tables:
         table = load_table(name)
         t0 = time.perf_counter()
-        stats = stats_for_table(table, **STATS_KW)
-        proxy_stats = stats_for_table(table) if READS_ACTS.search(proxies[name]["proxy"]) else stats
+        # the statistics the search scored its proxies on; OMPQ reads their full-batch Gram matrices
+        stats = stats_for_table(table)
         print(f"{name}: statistics in {time.perf_counter() - t0:.0f} s", flush=True)
-        act_bits = int(table.meta["act_bits"])
-        problems = {"*": AllocationProblem.from_stats(stats, table.bit_choices, act_bits),
-                    "proxylab": AllocationProblem.from_stats(proxy_stats, table.bit_choices, act_bits)}
+        problem = AllocationProblem.from_stats(stats, table.bit_choices, int(table.meta["act_bits"]))
         measurer = Measurer(spec_from_table(table))
-        measure_all(name, "table", problems, proxies[name]["proxy"], origin(name), args.seed, rows, measurer.measure)
+        measure_all(name, "table", problem, proxies[name]["proxy"], origin(name), args.seed, rows, measurer.measure)
         write_csv(out / "allocation.csv", rows, COLUMNS)  # each network as it finishes: a long run keeps its part
 
     if args.extra:
         like = load_table(EXTRA["measure_like"])
         protocol, act_bits = like.meta["protocol"]["name"], int(like.meta["act_bits"])
         model, ds = train_extra_net(args.seed)
-        kw = dict(bit_choices=(2, 3, 4), seed=args.seed, cache_dir=default_cache_dir())
-        stats = compute_stats(model, ds.calib.x, ds.calib.y, **kw, **STATS_KW)
-        proxy_stats = (compute_stats(model, ds.calib.x, ds.calib.y, **kw)
-                       if READS_ACTS.search(proxies[EXTRA_NAME]["proxy"]) else stats)
-        problems = {"*": AllocationProblem.from_stats(stats, (2, 3, 4), act_bits),
-                    "proxylab": AllocationProblem.from_stats(proxy_stats, (2, 3, 4), act_bits)}
-        measure_all(EXTRA_NAME, "no table", problems, proxies[EXTRA_NAME]["proxy"], origin(EXTRA_NAME), args.seed,
+        stats = compute_stats(model, ds.calib.x, ds.calib.y, bit_choices=(2, 3, 4), seed=args.seed,
+                              cache_dir=default_cache_dir())
+        problem = AllocationProblem.from_stats(stats, (2, 3, 4), act_bits)
+        measure_all(EXTRA_NAME, "no table", problem, proxies[EXTRA_NAME]["proxy"], origin(EXTRA_NAME), args.seed,
                     rows, extra_measure(model, ds, act_bits, protocol, args.seed))
 
     write_csv(out / "allocation.csv", rows, COLUMNS)

@@ -113,6 +113,11 @@ class Serve(Command):
                                              "$PROXYLAB_TOKENS); writes need a write token")
         parser.add_argument("--private", action="store_true", help="reads need a token too (read or write scope)")
         parser.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (413 above)")
+        parser.add_argument("--fetch-seconds", type=float, default=30.0,
+                            help="time the service may wait on users' model servers per request, all calls together "
+                                 "(URL registration, re-ranking; default 30)")
+        parser.add_argument("--fetch-max-mb", type=float, default=8.0,
+                            help="largest answer read from a user's model server, in MiB (default 8)")
         parser.add_argument("--encoders", help="encoder weights to encode signatures and queries with (default: the "
                                                "shipped ones); must be the ones the index's vectors were made with")
         parser.add_argument("--extractor", help="feature extractor weights for --encoders (default: the shipped one)")
@@ -135,12 +140,14 @@ class Serve(Command):
 
         if not 0 <= args.port <= 65535:
             raise ProxylabError(f"--port must lie in 0..65535, got {args.port}")
-        if args.max_body_mb <= 0:
-            raise ProxylabError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+        for flag in ("max_body_mb", "fetch_seconds", "fetch_max_mb"):
+            if not getattr(args, flag) > 0:  # NaN fails too
+                raise ProxylabError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
         index = Path(args.index) if args.index else copy_of_shipped_index()
         tokens = load_tokens(args.tokens)
         app = create_app(index, tokens=tokens, open_reads=not args.private,
                          max_body_bytes=int(args.max_body_mb * (1 << 20)), dim=args.dim, kind=args.kind,
+                         fetch_seconds=args.fetch_seconds, fetch_max_bytes=int(args.fetch_max_mb * (1 << 20)),
                          encoders=encoders_factory(args.encoders, args.extractor), search_threads=args.search_threads)
         if args.encoders:
             try:  # encoders named explicitly: a bad file stops the start, not the first query hours later

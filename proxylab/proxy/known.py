@@ -112,7 +112,26 @@ def _grams(stats, source: str = "gram") -> list:
     return [x @ x.T for x in _common_acts(stats)]
 
 
-class OMPQ(BaseProxy):
+class _NamedKnown(BaseProxy):
+    """A known proxy with no formula in the language: printed, parsed and hashed by its registered name
+    (``variant`` tells apart versions of it that score differently)."""
+
+    name = ""
+    variant = ""
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(f"known:{self.name}{self.variant}".encode()).hexdigest()
+
+    @property
+    def formula(self) -> str:
+        return self.name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class OMPQ(_NamedKnown):
     """OMPQ (Ma et al., AAAI 2023), bit-weighted as in EMQ's baseline.
 
     Definition (proxylab): for each layer l, X_l is its output on the calibration batch's n images (64 by
@@ -130,6 +149,7 @@ class OMPQ(BaseProxy):
         if source not in OMPQ_SOURCES:
             raise ValueError(f"OMPQ source must be one of {OMPQ_SOURCES}, got {source!r}")
         self.source_kind = source
+        self.variant = "" if source == "gram" else ":act"
 
     name = "ompq"
     aggregator = "mean_layers"
@@ -138,17 +158,6 @@ class OMPQ(BaseProxy):
         "gamma_l = sum of linear-CKA similarities of layer l's outputs with every other layer's (over the "
         "calibration batch)."
     )
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(b"known:ompq" if self.source_kind == "gram" else b"known:ompq:act").hexdigest()
-
-    @property
-    def formula(self) -> str:
-        return "ompq"
-
-    def __str__(self) -> str:
-        return "ompq"
 
     def __repr__(self) -> str:
         return f"OMPQ(source={self.source_kind!r})"
@@ -204,16 +213,16 @@ def _synflow_logs(stats) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
-class SynFlow(BaseProxy):
+class SynFlow(_NamedKnown):
     """Bit-weighted SynFlow (Tanaka et al., NeurIPS 2020; EMQ's bsynflow): sum over layers of
     b_l * params_l * mean|V_l * W_l|, V the virtual gradient (all-ones input, sum of logits) of the network with
     every affine map made positive. Bounded activations (ReLU6) are taken as ReLUs there, as SynFlow assumes
-    (see proxylab.stats.extras: with ReLU6 MobileNetV2's virtual gradient is zero below the head).
+    (see proxylab.stats.collect.synflow_grads: kept as ReLU6, MobileNetV2's gradient is zero below the head).
 
     The saliencies arrive as logs and are divided by the largest one, exp(s_l - max s): one positive factor
     for every configuration, so ranks are those of the raw sum while nothing overflows or underflows.
-    Equal, up to that factor, to the formula sum_layers(smul(bits, smul(params, mean(abs(mul(V, W)))))) on
-    networks without bounded activations. Higher predicts more accurate.
+    Equal, up to that factor and float32 rounding of V, to the formula
+    sum_layers(smul(bits, smul(params, mean(abs(mul(V, W)))))). Higher predicts more accurate.
     """
 
     name = "synflow"
@@ -222,17 +231,6 @@ class SynFlow(BaseProxy):
         "Bit-weighted SynFlow (Tanaka et al., NeurIPS 2020; EMQ's bsynflow): sum over layers of b * sum|V * W| with V "
         "the virtual gradient (all-ones input, sum of logits, positive-linearized float64 network, ReLU6 as ReLU)."
     )
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(b"known:synflow").hexdigest()
-
-    @property
-    def formula(self) -> str:
-        return "synflow"
-
-    def __str__(self) -> str:
-        return "synflow"
 
     def __repr__(self) -> str:
         return "SynFlow()"

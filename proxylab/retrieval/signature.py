@@ -96,18 +96,20 @@ class Signature:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "signature bytes") -> "Signature":
+        from proxylab.utils import read_npz
+
         try:
-            with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
-                if str(z["format"]) != SIGNATURE_FORMAT:
-                    raise ValueError(f"format is {str(z['format'])!r}, expected {SIGNATURE_FORMAT!r}")
-                fields = {k: z[k] for k in ("anchors", "boundary", "pairs")}
-                scalars = dict(num_classes=int(z["num_classes"]), calls=int(z["calls"]),
-                               extractor=str(z["extractor"]), seed=int(z["seed"]))
-        except ProxylabError:
-            raise
-        except Exception as exc:  # truncated zip, missing key, object arrays: all mean "not a signature"
-            raise ProxylabError(f"{where} are not a proxylab signature ({type(exc).__name__}: {exc}); "
-                                "capture one with `proxylab zoo signature`") from None
+            # read_npz: pickle refused, and its lock makes np.load safe from the service's concurrent threads
+            z = read_npz(bytes(data), where)
+            if str(z["format"]) != SIGNATURE_FORMAT:
+                raise ValueError(f"format is {str(z['format'])!r}, expected {SIGNATURE_FORMAT!r}")
+            fields = {k: z[k] for k in ("anchors", "boundary", "pairs")}
+            scalars = dict(num_classes=int(z["num_classes"]), calls=int(z["calls"]),
+                           extractor=str(z["extractor"]), seed=int(z["seed"]))
+        except Exception as exc:  # noqa: BLE001 - truncated zip, missing key, object arrays: "not a signature"
+            why = str(exc) if isinstance(exc, ProxylabError) else f"{type(exc).__name__}: {exc}"
+            raise ProxylabError(f"{where} are not a proxylab signature ({why}); capture one with "
+                                "`proxylab zoo signature`") from None
         for k, v in fields.items():
             if not np.issubdtype(v.dtype, np.number):
                 raise ProxylabError(f"{where}: field '{k}' is not numeric")

@@ -30,7 +30,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from proxylab.errors import ProxylabError, require
 from proxylab.service import openapi_bodies as bodies
 from proxylab.service.auth import AuthError, TokenChecker
-from proxylab.service.body_limit import BodyLimitMiddleware
+from proxylab.service.body_limit import BodyLimitMiddleware, BodyTooLarge
+from proxylab.service.fetch import DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_SECONDS
 from proxylab.service.metrics import Metrics, MetricsMiddleware
 from proxylab.service.payloads import (INT64_MAX, MAX_K, RERANK_METHODS, check_int, check_samples, check_url,
                                        check_vector, load_npz, loads_json, parse_filters, parse_k, parse_metadata)
@@ -64,7 +65,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    statuses = {NotFound: 404, Conflict: 409, Unavailable: 503, ProxylabError: 422}
+    statuses = {NotFound: 404, Conflict: 409, Unavailable: 503, ProxylabError: 422, BodyTooLarge: 413}
     for cls, status in statuses.items():
         app.add_exception_handler(cls, lambda request, exc, status=status: _error(status, str(exc)))
 
@@ -139,12 +140,15 @@ def _parse_bool(text: str, what: str) -> bool:
 
 def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: bool = True,
                max_body_bytes: int = DEFAULT_MAX_BODY, encoders: Any = None, dim: Optional[int] = None,
-               kind: str = "flat", probe_timeout: float = 30.0, search_threads: Optional[int] = 1) -> FastAPI:
+               kind: str = "flat", fetch_seconds: float = DEFAULT_FETCH_SECONDS,
+               fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, search_threads: Optional[int] = 1) -> FastAPI:
     """The ASGI app serving the index in ``index_dir`` (created empty when the folder holds none).
 
     tokens: token -> "read" | "write" (see proxylab.service.auth); open_reads=False closes reads to read tokens.
     encoders: Encoders object or factory (default: the shipped ones, loaded on first need).
     dim/kind: for a new index only (dim defaults to the encoders' dimension).
+    fetch_seconds / fetch_max_bytes: limits on the service's own calls to model servers (URL registration,
+    re-ranking): seconds spent waiting on them per request in total, bytes per answer (proxylab.service.fetch).
     search_threads: FAISS OpenMP threads per search (None leaves FAISS's default). The service's parallelism
     comes from concurrent requests (FAISS releases the GIL), and OpenMP teams inside each search then fight
     over the cores: on a busy 2-core machine a 10k-vector search took 88 ms with the default and 0.34 ms
@@ -159,7 +163,7 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
                                             "give --tokens FILE or set PROXYLAB_TOKENS")
     require(isinstance(max_body_bytes, int) and max_body_bytes > 0, "max_body_bytes must be a positive integer")
     store = ZooStore(index_dir, encoders=encoders, dim=dim, kind=kind, max_array_bytes=4 * max_body_bytes,
-                     probe_timeout=probe_timeout, search_threads=search_threads)
+                     fetch_seconds=fetch_seconds, fetch_max_bytes=fetch_max_bytes, search_threads=search_threads)
     metrics = Metrics()
     metrics.gauge("proxylab_index_models", lambda: len(store), "models in the served index")
     metrics.gauge("proxylab_uptime_seconds", lambda: time.time() - store.started, "seconds since start")
@@ -176,7 +180,8 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
     app.state.store = store
     app.state.metrics = metrics
     _install_error_handlers(app)
-    # order: metrics sees everything (413s included); the body limit runs before any handler reads the body
+    # order: metrics sees everything (413s included); the body limit wraps the body reads of every handler,
+    # which happen after the route's token check (the dependencies below), so a 401/403 never reads the body
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
@@ -194,7 +199,8 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
     def health() -> Dict[str, Any]:
         return {"status": "ok", "version": __version__, "models": len(store), "dim": store.index.dim,
                 "kind": store.index.kind, "encoders": store.encoders_state(), "private": not open_reads,
-                "max_body_bytes": max_body_bytes}
+                "max_body_bytes": max_body_bytes, "fetch_seconds": store.fetch_seconds,
+                "fetch_max_bytes": store.fetch_max_bytes}
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text format 0.0.4)")
     def prometheus() -> PlainTextResponse:

@@ -15,11 +15,12 @@ a known token whose scope does not allow the request (a ``read`` token deleting 
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from proxylab.errors import ProxylabError
 
@@ -70,16 +71,22 @@ class AuthError(Exception):
         self.message = message
 
 
+def _digest(token: str) -> bytes:
+    # equal-length digests: compare_digest then takes the same time whatever the candidate's length or prefix
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 class TokenChecker:
     def __init__(self, tokens: Dict[str, str], open_reads: bool = True):
         for token, scope in tokens.items():
             if scope not in SCOPES:
                 raise ProxylabError(f"token scope '{scope}' is not one of {', '.join(SCOPES)}")
-        self._tokens = dict(tokens)
+        # hashed once here, not on every request; the tokens themselves are not kept
+        self._known: Tuple[Tuple[bytes, str], ...] = tuple((_digest(t), scope) for t, scope in tokens.items())
         self.open_reads = open_reads
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        return len(self._known)
 
     def _scope_of(self, header: Optional[str]) -> Optional[str]:
         if not header:
@@ -87,11 +94,11 @@ class TokenChecker:
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "the Authorization header must read 'Bearer TOKEN'")
-        token = token.strip()
-        # compare against every token in constant time so the answer time does not leak a prefix match
+        candidate = _digest(token.strip())
+        # compare against every token in constant time so the answer time does not leak which one matched
         found = None
-        for known, scope in self._tokens.items():
-            if hmac.compare_digest(known.encode("utf-8", "replace"), token.encode("utf-8", "replace")):
+        for known, scope in self._known:
+            if hmac.compare_digest(known, candidate):
                 found = scope
         if found is None:
             raise AuthError(401, "the bearer token is not valid for this service")
@@ -105,7 +112,7 @@ class TokenChecker:
             return
         scope = self._scope_of(header)
         if scope is None:
-            hint = "" if self._tokens else " (this service has no tokens configured: start it with --tokens FILE)"
+            hint = "" if self._known else " (this service has no tokens configured: start it with --tokens FILE)"
             raise AuthError(401, f"this request needs a bearer token with '{need}' scope{hint}")
         if need == "write" and scope != "write":
             raise AuthError(403, "this token may only read; registering and deleting models need a 'write' token")

@@ -1,19 +1,23 @@
-"""Refuse request bodies over a size limit with 413, before any handler parses them.
+"""The request-body size limit, enforced while the app reads the body and never before.
 
-A declared Content-Length over the limit is refused without reading a byte; a chunked body is read only up
-to the limit. The body read here is replayed to the app, so the handlers see an ordinary request.
+Nothing is read up front: the route's token check (a FastAPI dependency) runs first, so a caller without the
+right token gets its 401/403 without the service reading a byte of its body. When a handler first asks for
+the body, a declared Content-Length over the limit raises ``BodyTooLarge`` before any byte is read (uvicorn
+sends ``100 Continue`` only on that first read, so a client that waits for it never sends the body); a
+chunked body is counted as it streams and refused at the limit. The app turns ``BodyTooLarge`` into 413.
+
+An answer sent while a large part of the body is still unread (a 401, a 413, a 404) carries
+``Connection: close``: the server then drops the connection instead of draining the rest of the upload.
 """
 from __future__ import annotations
 
-import json
+# uvicorn buffers about this much of a body by itself; a smaller unread rest is cheaper to drain than to
+# reconnect for, so the connection is kept
+SMALL_REST = 64 << 10
 
 
-async def _reply(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+class BodyTooLarge(Exception):
+    """HTTP 413; the message names the limit."""
 
 
 class BodyLimitMiddleware:
@@ -21,46 +25,37 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_body_bytes = int(max_body_bytes)
 
-    def _too_large(self, size_text: str) -> str:
-        return (f"request body of {size_text} is over this service's limit of {self.max_body_bytes} bytes; "
-                "send fewer images or ask the operator to raise --max-body-mb")
+    def _too_large(self, size_text: str) -> BodyTooLarge:
+        return BodyTooLarge(f"request body of {size_text} is over this service's limit of {self.max_body_bytes} "
+                            "bytes; send fewer images or ask the operator to raise --max-body-mb")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = None
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _reply(send, 400, "the Content-Length header is not an integer")
-                    return
-        if declared is not None and declared > self.max_body_bytes:
-            await _reply(send, 413, self._too_large(f"{declared} bytes"))
-            return
-        chunks, size = [], 0
-        while True:
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length")
+        # uvicorn (h11) already answers 400 to a malformed Content-Length; anything else counts as undeclared
+        declared = int(declared) if declared is not None and declared.isdigit() else None
+        chunked = b"transfer-encoding" in headers
+        state = {"received": 0, "done": declared in (None, 0) and not chunked}
+
+        async def limited_receive():
+            if declared is not None and declared > self.max_body_bytes:
+                raise self._too_large(f"{declared} bytes")
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left; nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await _reply(send, 413, self._too_large(f"more than {self.max_body_bytes} bytes"))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body_bytes:
+                    raise self._too_large(f"more than {self.max_body_bytes} bytes")
+                state["done"] = not message.get("more_body", False)
+            return message
 
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body, pass through disconnect notifications
+        async def closing_send(message):
+            if message["type"] == "http.response.start" and not state["done"]:
+                rest = None if declared is None else declared - state["received"]
+                if rest is None or rest > SMALL_REST:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
 
-        await self.app(scope, replay, send)
+        await self.app(scope, limited_receive, closing_send)

@@ -117,8 +117,11 @@ def parse_metadata(obj: Any) -> Dict[str, Any]:
         check_int(md["params"], "metadata.params", 0, 2**53)
     if "num_classes" in md:
         check_int(md["num_classes"], "metadata.num_classes", 2, 1_000_000)
-    if "url" in md:
-        md["url"] = check_url(md["url"], "metadata.url")
+    # A url beside a vector or signature would be an address nobody checked that re-ranking later calls on
+    # every reader's behalf: refused. The service calls only URLs it probed itself (a URL registration).
+    require("url" not in md, "metadata.url is not accepted: the service only calls model servers it probed at "
+                             "registration; to make a model re-rankable register it by URL (JSON {\"url\": ..., "
+                             "\"metadata\": {...}}), and keep other addresses under another key")
     check_json_value(md, "metadata")
     return md
 

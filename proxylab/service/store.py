@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from proxylab.errors import ProxylabError, require
+from proxylab.service.fetch import DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_SECONDS, BoundedHTTPBlackBox, FetchBudget
 from proxylab.service.payloads import check_vector
 
 log = logging.getLogger("proxylab.service")
@@ -83,13 +84,19 @@ class ZooStore:
     """A served zoo. ``encoders``: an Encoders object, a zero-argument factory, or None for the shipped ones."""
 
     def __init__(self, index_dir, encoders: Any = None, dim: Optional[int] = None, kind: str = "flat",
-                 max_array_bytes: int = 256 << 20, probe_timeout: float = 30.0, search_threads: Optional[int] = None):
+                 max_array_bytes: int = 256 << 20, fetch_seconds: float = DEFAULT_FETCH_SECONDS,
+                 fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, search_threads: Optional[int] = None):
         from proxylab.retrieval.index import ModelIndex
 
+        require(isinstance(fetch_seconds, (int, float)) and fetch_seconds > 0,
+                f"fetch_seconds must be a positive number of seconds, got {fetch_seconds!r}")
+        require(isinstance(fetch_max_bytes, int) and fetch_max_bytes > 0,
+                f"fetch_max_bytes must be a positive integer, got {fetch_max_bytes!r}")
         self.path = Path(index_dir).expanduser().resolve()
         self.max_array_bytes = max_array_bytes
         self.search_threads = search_threads
-        self.probe_timeout = probe_timeout
+        self.fetch_seconds = float(fetch_seconds)
+        self.fetch_max_bytes = fetch_max_bytes
         self._encoders_obj = None if (encoders is None or callable(encoders)) else encoders
         self._encoders_factory: Callable[[], Any] = encoders if callable(encoders) else _default_encoders
         self._encoders_error: Optional[str] = None
@@ -184,16 +191,21 @@ class ZooStore:
         vec = self.encoders().encode_query(images, labels)
         return np.asarray(vec, dtype=np.float32)
 
-    def rerank(self, hits: List[Any], images: np.ndarray, labels: np.ndarray, method: str) -> Dict[str, Any]:
-        """Re-score the hits whose models are reachable (metadata 'url') with LEEP/NCE on the query's samples.
+    def _model_server(self, url: str, budget: FetchBudget) -> BoundedHTTPBlackBox:
+        return BoundedHTTPBlackBox(url, budget, max_bytes=self.fetch_max_bytes)
 
-        Each reachable model is scored on its own, so one model server being down costs only that model its
-        re-score (reported per result) instead of failing the query. Re-scored results come first, best first;
-        the others follow in index order.
+    def rerank(self, hits: List[Any], images: np.ndarray, labels: np.ndarray, method: str) -> Dict[str, Any]:
+        """Re-score the hits of models registered by URL with LEEP/NCE on the query's samples.
+
+        Only a URL the service probed itself at registration (``source == "url"``) is ever called; a ``url``
+        in other metadata (an index written by older versions) stays inert. All calls share one time budget
+        (``fetch_seconds``); once it is spent the remaining results keep their index order. Each model is
+        scored on its own, so one model server failing costs only that model its re-score (reported per
+        result) instead of failing the query. Re-scored results come first, best first.
         """
-        from proxylab.retrieval.blackbox import HTTPBlackBox
         from proxylab.retrieval.rerank import rerank
 
+        budget = FetchBudget(self.fetch_seconds)
         rescored, kept, calls = [], [], 0
         for rank, hit in enumerate(hits):
             row = _hit_row(hit)
@@ -203,14 +215,21 @@ class ZooStore:
                 row["rerank"] = f"skipped: only the top {RERANK_MAX} results are re-ranked"
                 kept.append(row)
                 continue
-            if not url:
-                row["rerank"] = "skipped: the model was registered without a URL"
+            if not url or hit.metadata.get("source") != "url":
+                row["rerank"] = ("skipped: the model was registered without a URL" if not url else
+                                 "skipped: its url was not probed by a URL registration, so it is never called")
                 kept.append(row)
                 continue
+            if budget.remaining() <= 0:
+                row["rerank"] = f"skipped: {budget.exhausted_message()}"
+                kept.append(row)
+                continue
+            model = None
             try:
-                model = HTTPBlackBox(url, timeout=self.probe_timeout)
+                model = self._model_server(url, budget)
                 (new_hit,), spent = rerank([hit], lambda _id, m=model: m, images, labels, method=method)
             except Exception as e:  # noqa: BLE001 - a remote model's failure must not fail the whole query
+                calls += model.calls if model is not None else 0  # images sent before the failure were sent
                 row["rerank"] = f"failed: {type(e).__name__}: {e}"
                 kept.append(row)
                 continue
@@ -265,18 +284,20 @@ class ZooStore:
         return self._add_signature(sig, metadata, enc, source="signature")
 
     def register_url(self, url: str, metadata: Dict[str, Any], seed: int = 0) -> Dict[str, Any]:
-        """Probe the user's model server ourselves (black box), then register it with its URL for re-ranking."""
+        """Probe the user's model server ourselves (black box), then register it with its URL for re-ranking.
+
+        Every call to the server is bounded (fetch_seconds in total, fetch_max_bytes per answer, http(s) only,
+        no redirects): the URL is the client's choice."""
         self._check_name_free(metadata["name"])
         enc = self.encoders()
-        from proxylab.retrieval.blackbox import HTTPBlackBox
         from proxylab.retrieval.signature import capture_signature
 
         try:
-            model = HTTPBlackBox(url, timeout=self.probe_timeout)
+            model = self._model_server(url, FetchBudget(self.fetch_seconds))
             sig = capture_signature(model, extractor=enc.extractor, seed=seed)
         except ProxylabError as e:
             raise ProxylabError(f"probing the model server at {url} failed: {e}") from None
-        except Exception as e:  # noqa: BLE001 - connection refused, timeouts, garbage replies: the URL's fault
+        except Exception as e:  # noqa: BLE001 - garbage replies the black box did not foresee: the URL's fault
             raise ProxylabError(f"could not probe the model server at {url} ({type(e).__name__}: {e}); check "
                                 "that it runs (`proxylab zoo serve-model`) and that this service can reach it") from None
         return self._add_signature(sig, {**metadata, "url": url}, enc, source="url")

@@ -15,7 +15,8 @@ import torch.nn as nn
 from proxylab.errors import ProxylabError, require
 from proxylab.stats import cache as stats_cache
 from proxylab.stats import extras as stats_extras
-from proxylab.stats.collect import activations_and_grads, empirical_fisher, hessian_scalars, virtual_grads
+from proxylab.stats.collect import (activations_and_grads, empirical_fisher, has_bounded_activation, hessian_scalars,
+                                    virtual_grads)
 from proxylab.stats.network_stats import NetworkStats
 from proxylab.nets.hooks import measuring
 
@@ -108,7 +109,8 @@ def compute_stats(
       grad          dL/dW, L = mean cross-entropy over the batch.
       virtual_grad  dW of sum(logits) for an all-ones input of the batch's shape. ``virtual="synflow"``
                     (default) computes it, like SynFlow, on a float64 copy whose affine maps are replaced by
-                    their absolute values: without that, signs cancel along paths and the virtual gradient
+                    their absolute values, with bounded activations (ReLU6) as ReLUs: without that, signs
+                    cancel along paths (and a saturated ReLU6 zeroes every layer below it), and the virtual gradient
                     of a trained network mostly measures those cancellations rather than the signal each
                     weight carries. ``virtual="plain"`` uses the network as it is. Values beyond float32's
                     range are divided by a common power of two (meta["virtual_grad_log2_scale"]).
@@ -160,10 +162,15 @@ def compute_stats(
         options.update(hessian_probes=hessian_probes, hessian_iters=hessian_iters, hessian_tol=float(hessian_tol),
                        hessian_trace_mode=hessian_trace_mode,
                        hessian_batch=min(hessian_batch or len(xb), len(xb)))
-    key = stats_cache.cache_key({
+    key_parts = {
         "model": stats_cache.state_dict_sha256(model), "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "batch": stats_cache.tensors_sha256(xb, yb), "batch_size": batch_size, "seed": int(seed), **options,
-    })
+    }
+    if virtual == "synflow" and has_bounded_activation(model):
+        # Entries from before bounded activations counted as ReLUs hold an all-zero virtual_grad below the
+        # last ReLU6; only such networks' entries change, so only their key does.
+        key_parts["synflow_bounded"] = "relu"
+    key = stats_cache.cache_key(key_parts)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else None
     st = None
     if folder is not None:

@@ -6,16 +6,12 @@ They live in a side cache entry, so every existing entry, and every proxy comput
   only a few images per layer to bound memory (two on ResNet-20's 28x28 first layers: too few for a
   similarity), whereas a Gram matrix is n x n whatever the layer's size.
 - ``synflow_log``: per layer, log(params * mean |V * W|) in float64 (natural log; -inf for a zero saliency),
-  V the SynFlow virtual gradient. The ``virtual_grad`` tensor is computed through the network's own
-  activations; a bounded one (MobileNetV2's ReLU6) saturates on the positive-linearized network, whose
-  pre-activations all grow past 6, and kills the gradient of every layer below it (measured: 52 of 53
-  layers exactly zero, even in float64). SynFlow's linearization assumes ReLUs, which are the identity on
-  that network, so here ReLU6/Hardtanh modules become ReLUs. Kept as a log, so a deep network's range
-  (1e23 on ResNet-20) never overflows or underflows on its way to a proxy.
+  V the SynFlow virtual gradient (collect.synflow_grads: bounded activations such as ReLU6 count as ReLUs).
+  Kept as a log, so a deep network's range (1e23 on ResNet-20) never overflows or underflows on its way to
+  a proxy, where the ``virtual_grad`` tensor is rounded to float32 and rescaled.
 """
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -24,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from proxylab.stats import cache as stats_cache
-from proxylab.stats.collect import _linearize_, eval_with_weight_grads
+from proxylab.stats.collect import synflow_grads
 from proxylab.nets.hooks import measuring
 
 # Bump when what an extras entry holds changes.
@@ -57,38 +53,15 @@ def output_grams(model: nn.Module, layers: NamedLayers, x: torch.Tensor) -> List
     return [grams[i] for i in range(len(layers))]
 
 
-def _relu_for_bounded_(model: nn.Module) -> None:
-    """ReLU6 / Hardtanh modules -> ReLU, in place (on the linearized copy only)."""
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Hardtanh):  # nn.ReLU6 is a Hardtanh(0, 6)
-                setattr(module, child_name, nn.ReLU())
-
-
 def synflow_log_saliency(model: nn.Module, layers: NamedLayers, input_shape: Sequence[int],
                          params: Sequence[int]) -> List[float]:
-    """log(params_l * mean |V_l * W_l|) per layer, float64, SynFlow's linearization with ReLUs (see module doc).
-
-    V = dW of sum(logits) * batch for an all-ones input (one image run and scaled, as ``virtual_grads``).
-    """
-    batch = int(input_shape[0])
-    one = (1,) + tuple(int(s) for s in input_shape[1:])
-    work = copy.deepcopy(model).to(torch.float64)
-    _linearize_(work)
-    _relu_for_bounded_(work)
-    names = dict(work.named_modules())
-    work_layers = [(name, names[name]) for name, _ in layers]
-    with eval_with_weight_grads(work, work_layers):
-        out = work(torch.ones(one, dtype=torch.float64))
-        weights = [m.weight for _, m in work_layers]
-        grads = torch.autograd.grad(out.sum() * batch, weights, allow_unused=True)
+    """log(params_l * mean |V_l * W_l|) per layer, float64, from collect.synflow_grads (SynFlow's
+    linearization, bounded activations as ReLUs) before any float32 rounding or rescaling."""
+    weights, grads = synflow_grads(model, layers, input_shape)
     logs = []
     for w, g, p in zip(weights, grads, params):
-        if g is None:
-            logs.append(-math.inf)
-            continue
-        s = (g.detach().abs() * w.detach().abs()).mean()
-        logs.append(math.log(float(s)) + math.log(int(p)) if float(s) > 0 and int(p) > 0 else -math.inf)
+        s = 0.0 if g is None else float((g.abs() * w.abs()).mean())
+        logs.append(math.log(s) + math.log(int(p)) if s > 0 and int(p) > 0 else -math.inf)
     return logs
 
 

@@ -90,3 +90,79 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+class InProcessServer:
+    """The service app (create_app with any keyword, e.g. tight outbound limits the CLI does not expose) on a
+    real uvicorn server in a thread of this process. ``with InProcessServer(index, ...) as srv: srv.url``."""
+
+    def __init__(self, index: Path, **app_kwargs):
+        from proxylab.service.app import create_app
+
+        self.app = create_app(index, **app_kwargs)
+        self.port = 0
+        self.server = None
+        self.thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "InProcessServer":
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process uvicorn server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.app.state.store.close()  # idempotent; the lifespan normally did it
+
+
+def raw_request(url: str, head: str, body: bytes = b"", read_timeout: float = 10.0):
+    """Send an HTTP/1.1 request head (lines ending in newlines) and the first bytes of a body on a plain socket.
+
+    Returns (status code, headers, answer body, seconds to the answer, whether the server then closed the
+    connection). The body may be far shorter than the Content-Length the head declares: that is the point, a
+    server that waited for the rest would make this time out."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=read_timeout) as sock:
+        start = time.monotonic()
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"the server hung up without answering; got {data[:200]!r}")
+            data += chunk
+        elapsed = time.monotonic() - start
+        head_bytes, _, answer = data.partition(b"\r\n\r\n")
+        status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        while len(answer) < int(headers.get("content-length", 0)):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        sock.settimeout(1.0)  # a deliberate hang-up is immediate; uvicorn's idle keep-alive lasts 5 s
+        try:
+            closed = sock.recv(65536) == b""
+        except ConnectionResetError:
+            closed = True
+        except socket.timeout:
+            closed = False
+        return int(status_line.split()[1]), headers, answer, elapsed, closed

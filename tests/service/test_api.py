@@ -123,34 +123,18 @@ def test_signature_from_a_file_path(zoo, encoders, tmp_path):
     assert err.value.status == 409 and "already registered" in str(err.value)
 
 
-def test_rerank_scores_reachable_models_with_leep(zoo, encoders):
-    from proxylab.retrieval.model_server import serve_model
-    from proxylab.retrieval.rerank import leep
-    from tests.service.conftest import linear_model
-
+def test_rerank_without_url_models_calls_nobody(zoo, encoders):
+    """Only models registered by URL are re-scored (tests/service/test_outbound.py re-scores real servers); a url
+    beside a signature is refused, so nothing here is reachable and the answer is the index order."""
     client, _ = zoo
     images, labels = samples(n_per_class=3, classes=3, seed=4)
-    servers, expected = [], {}
-    try:
-        for seed in (21, 22):
-            model = linear_model(3, seed)
-            srv = serve_model(model)
-            servers.append(srv)
-            row = client.register_signature(make_signature(encoders, 3, seed),
-                                            {"name": f"served-{seed}", "url": srv.url, "task": "rerank-test"})
-            expected[row["id"]] = leep(linear_model(3, seed).predict_proba(images), labels)
-        answer = client.query(images, labels, k=50, rerank=True)
-    finally:
-        for srv in servers:
-            srv.shutdown()
-    reranked = [r for r in answer["results"] if "rerank_score" in r]
-    assert {r["id"] for r in reranked} == set(expected)
-    assert [r["id"] for r in reranked] == sorted(expected, key=lambda i: -expected[i])
-    for r in reranked:
-        assert r["rerank_score"] == pytest.approx(expected[r["id"]], abs=1e-5)
-    assert answer["results"][: len(reranked)] == reranked  # re-scored models first
-    assert answer["calls"] == 2 * len(images)
-    assert all(r["rerank"].startswith("skipped") for r in answer["results"][len(reranked):])
+    with pytest.raises(ServiceError) as err:
+        client.register_signature(make_signature(encoders, 3, 21), {"name": "served-21", "url": "http://127.0.0.1:9"})
+    assert err.value.status == 422 and "register it by URL" in str(err.value)
+    plain = client.query(images, labels, k=50)
+    answer = client.query(images, labels, k=50, rerank=True)
+    assert answer["calls"] == 0 and [r["id"] for r in answer["results"]] == [r["id"] for r in plain["results"]]
+    assert all(r["rerank"].startswith("skipped") and "rerank_score" not in r for r in answer["results"])
 
 
 def test_delete_removes_from_get_list_and_query(server, zoo):

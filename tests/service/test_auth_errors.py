@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.service.conftest import ENC_DIM
-from tests.service.server import READ, WRITE, Server
+from tests.service.server import READ, WRITE, WRITE_TOKEN, Server, raw_request
 
 MAX_BODY_MB = 0.25
 
@@ -144,6 +144,44 @@ def test_body_over_the_limit_is_413(server):
         for _ in range(64):
             yield b"1" * 8192
     error(http.post("/v1/models", content=chunked(), headers={**WRITE, "content-type": "application/json"}), 413)
+
+
+FIFTY_MB = 50 << 20
+
+
+def upload_head(path, length, token=None, expect=False):
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", f"Content-Length: {length}"]
+    lines += [f"Authorization: Bearer {token}"] if token else []
+    lines += ["Expect: 100-continue"] if expect else []
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect-100-continue"])
+def test_an_unauthenticated_50mb_upload_is_refused_fast_without_being_read(server, expect):
+    srv, _ = server
+    # 16 KiB of the 50 MB are sent: a server that read (or drained) the body before answering would hang here
+    status, headers, body, seconds, closed = raw_request(srv.url, upload_head("/v1/models", FIFTY_MB, expect=expect),
+                                                         b"" if expect else b" " * (16 << 10))
+    assert status == 401 and "bearer token" in json.loads(body)["error"]  # with Expect: no 100 Continue first
+    assert seconds < 5, seconds
+    assert headers["connection"] == "close" and closed  # hung up instead of reading the other 49.98 MB
+    status, _, _, _, _ = raw_request(srv.url, upload_head("/v1/models", FIFTY_MB, token="not-a-known-token-1234"))
+    assert status == 401
+
+
+def test_an_over_long_content_length_is_413_unread_once_the_token_passes(server):
+    srv, _ = server
+    for path, token in (("/v1/models", WRITE_TOKEN), ("/v1/query", None)):  # reads are open on this server
+        status, headers, body, seconds, closed = raw_request(srv.url, upload_head(path, FIFTY_MB, token, expect=True))
+        assert status == 413 and str(FIFTY_MB) in json.loads(body)["error"] and "limit" in json.loads(body)["error"]
+        assert seconds < 5 and headers["connection"] == "close" and closed
+
+
+def test_a_small_refused_body_keeps_the_connection(server):
+    srv, _ = server
+    payload = json.dumps(vector_body("small")).encode()
+    status, headers, _, _, closed = raw_request(srv.url, upload_head("/v1/models", len(payload)), payload)
+    assert status == 401 and headers.get("connection") != "close" and not closed  # drained, kept alive
 
 
 def test_unsupported_content_type_is_415(server):

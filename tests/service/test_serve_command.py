@@ -65,13 +65,24 @@ def test_copy_from_older_encoders_is_refused_and_kept(tmp_path, monkeypatch):
                     reason="the shipped zoo index is not built yet")
 def test_serve_without_index_serves_a_copy_of_the_shipped_zoo(tmp_path, tokens_file):
     n = shipped_count()
-    srv = Server(tmp_path / "log", tokens_file, serve_index=False, env={"PROXYLAB_CACHE": str(tmp_path / "cache")})
+    srv = Server(tmp_path / "log", tokens_file, serve_index=False, env={"PROXYLAB_CACHE": str(tmp_path / "cache")},
+                 extra=["--fetch-seconds", "5", "--fetch-max-mb", "0.5"])
     srv.start()
     try:
         with httpx.Client(base_url=srv.url) as http:
-            assert http.get("/v1/health").json()["models"] == n
+            health = http.get("/v1/health").json()
+            assert health["models"] == n
+            assert health["fetch_seconds"] == 5 and health["fetch_max_bytes"] == 1 << 19  # the flags reach the app
             mid = http.get("/v1/models", params={"limit": 1}).json()["models"][0]["id"]
             assert http.delete(f"/v1/models/{mid}", headers=WRITE).status_code == 200
     finally:
         assert srv.stop() == 0
     assert shipped_count() == n  # the package's own index is untouched
+
+
+@pytest.mark.parametrize("flag, value", [("--fetch-seconds", "0"), ("--fetch-max-mb", "-1"), ("--max-body-mb", "nan")])
+def test_non_positive_limits_are_refused_before_starting(tmp_path, capsys, flag, value):
+    from proxylab.cli import main
+
+    assert main(["serve", "--index", str(make_index(tmp_path / "idx")), flag, value]) != 0
+    assert f"{flag} must be positive" in capsys.readouterr().err

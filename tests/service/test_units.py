@@ -78,11 +78,14 @@ def test_json_values_that_would_break_storage_or_responses(value, words):
 
 
 def test_metadata_and_filters():
-    assert parse_metadata({"name": "m", "params": 3, "url": "http://h:1/"})["url"] == "http://h:1"
-    for bad in ({"name": ""}, {"name": "m", "num_classes": 1}, {"name": "m", "source": "x"},
-                {"name": "m", "url": "http://h:99999"}):
+    assert parse_metadata({"name": "m", "params": 3, "homepage": "http://h:1/"})["homepage"] == "http://h:1/"
+    for bad in ({"name": ""}, {"name": "m", "num_classes": 1}, {"name": "m", "source": "x"}):
         with pytest.raises(ProxylabError):
             parse_metadata(bad)
+    # a url beside a vector or signature is refused: only URLs probed at registration are ever called
+    for url in ("http://h:1", "http://169.254.169.254/latest", 7):
+        with pytest.raises(ProxylabError, match="metadata.url is not accepted.*register it by URL"):
+            parse_metadata({"name": "m", "url": url})
     assert parse_filters({"family": ["a", "b"], "params_min": 1}) == {"family": ["a", "b"], "params_min": 1}
     with pytest.raises(ProxylabError, match="unknown filter"):
         parse_filters({"size": 1})
@@ -150,3 +153,73 @@ def test_an_unexpected_error_is_a_logged_500_with_no_internals(tmp_path, caplog)
         assert r.status_code == 500 and "secret" not in r.text and "log" in r.json()["error"]
         assert client.get("/v1/health").status_code == 200
     assert any("secret internal detail" in (rec.exc_text or str(rec.exc_info)) for rec in caplog.records)
+
+
+def test_tokens_are_hashed_once_not_per_request(monkeypatch):
+    import proxylab.service.auth as auth
+
+    tokens = {f"token-{i:02d}-0123456789abcdef": ("write" if i % 2 else "read") for i in range(40)}
+    checker = TokenChecker(tokens)
+    hashed = []
+    real = auth._digest
+    monkeypatch.setattr(auth, "_digest", lambda t: hashed.append(t) or real(t))
+    for token, scope in tokens.items():
+        checker.require(f"Bearer {token}", "read")
+        assert status_of(checker, f"Bearer {token}", "write") == (200 if scope == "write" else 403)
+    assert len(hashed) == 2 * len(tokens)  # the candidate only, once per request, whatever the number of tokens
+    for near in ("token-01-0123456789abcde", "token-01-0123456789abcdef0", "token-01-0123456789abcdeF", "é" * 20):
+        assert status_of(checker, f"Bearer {near}", "read") == 401  # prefix, longer, case, non-ASCII: all unknown
+    assert W not in repr(vars(TokenChecker({W: "write"})))  # the clear tokens are not kept
+
+
+def test_both_upload_routes_document_json_and_multipart_bodies(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from proxylab.service.app import create_app
+
+    app = create_app(tmp_path / "index", tokens={W: "write"}, dim=4)
+    with TestClient(app) as client:
+        spec = client.get("/openapi.json").json()
+    required = {"/v1/models": ({"signature", "metadata"}, {"metadata"}), "/v1/query": ({"samples"}, {"vector"})}
+    for path, (multipart, json_needs) in required.items():
+        post = spec["paths"][path]["post"]
+        content = post["requestBody"]["content"]
+        assert post["requestBody"]["required"] is True
+        assert set(content["multipart/form-data"]["schema"]["required"]) == multipart
+        assert set(content["application/json"]["schema"]["required"]) == json_needs
+        assert {"413", "422"} <= set(post["responses"])
+    assert "url" not in content["application/json"]["schema"]["properties"]  # queries never take a URL
+
+
+def test_signature_uploads_are_parsed_under_the_npz_lock(monkeypatch):
+    """Signature.from_bytes goes through utils.read_npz, whose lock makes concurrent np.load safe."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import proxylab.utils as utils
+    from proxylab.retrieval.signature import Signature
+
+    rng = np.random.default_rng(0)
+    pairs = np.array([(0, 1), (0, 2), (1, 2)], np.int64)
+    sig = Signature(rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32), pairs,
+                    3, 10, "fx", 0)
+    data = sig.to_bytes()
+
+    class CountingLock:
+        def __init__(self):
+            self.lock, self.entered = threading.Lock(), 0
+
+        def __enter__(self):
+            self.lock.acquire()
+            self.entered += 1
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    lock = CountingLock()
+    monkeypatch.setattr(utils, "_NPZ_LOCK", lock)
+    with ThreadPoolExecutor(8) as pool:
+        back = list(pool.map(lambda _: Signature.from_bytes(data).to_bytes(), range(64)))
+    assert lock.entered >= 64 and all(b == data for b in back)
+    with pytest.raises(ProxylabError, match="not a proxylab signature.*pickle"):
+        Signature.from_bytes(npz_bytes(format=np.array("proxylab-signature-1"), anchors=np.array([{}], dtype=object)))

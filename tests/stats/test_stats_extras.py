@@ -89,12 +89,18 @@ def test_synflow_sees_through_relu6():
     net = ReLU6Net().eval()
     x, y = torch.randn(8, 2, 5, 5), torch.randint(0, 3, (8,))
     st = compute_stats(net, x, y, batch_size=8, hessian=False)
-    # the plain virtual gradient dies under saturated ReLU6 below the head ...
-    assert all(float(st.tensor(l, "virtual_grad").abs().max()) == 0.0 for l in range(3))
-    # ... the synflow saliencies do not, and equal the forward-difference oracle
+    # the synflow saliencies reach every layer below the saturated ReLU6s (kept as ReLU6, all three layers'
+    # gradients were exactly zero) and equal the forward-difference oracle ...
     logs = st.synflow_log()
     assert np.isfinite(logs).all()
     np.testing.assert_allclose(logs, linear_oracle(net, x.shape, 8), rtol=1e-9)
+    # ... and so does the virtual_grad tensor the proxy language reads as V (float32, rescaled)
+    scale = 2.0 ** st.meta["virtual_grad_log2_scale"]
+    for l, m in enumerate((net.c1, net.c2, net.c3, net.fc)):
+        v = st.tensor(l, "virtual_grad").double() * scale
+        assert float(v.abs().min()) > 0
+        saliency = float(st.params[l]) * float((v * m.weight.detach().double().abs()).mean())
+        assert math.log(saliency) == pytest.approx(logs[l], rel=1e-5)
     from proxylab.proxy import KNOWN_PROXIES, score_configs
 
     scores = score_configs(KNOWN_PROXIES.get("synflow"), st, np.array([[2, 2, 2, 2], [4, 2, 2, 2], [2, 2, 2, 4]]))
@@ -136,3 +142,21 @@ def test_stats_without_extras_say_what_to_do():
         bare.gram(0)
     assert NetworkStats.from_dict(st.to_dict()).gram(0).shape == (8, 8)  # round trip keeps them
     assert st.to("cpu").synflow_log().shape == (len(st),)
+
+
+def test_only_networks_with_bounded_activations_changed_their_cache_key(tmp_path):
+    """The ReLU6-as-ReLU fix changed virtual_grad only where a Hardtanh is: entries of other networks keep
+    their keys (still valid), ReLU6 networks get new ones (their old entries hold all-zero gradients)."""
+    x, y = torch.randn(8, 2, 5, 5), torch.randint(0, 3, (8,))
+    bounded = ReLU6Net().eval()
+    plain = ReLU6Net().eval()
+    plain.act = nn.ReLU()
+    a = compute_stats(bounded, x, y, batch_size=8, hessian=False, cache_dir=tmp_path)
+    b = compute_stats(plain, x, y, batch_size=8, hessian=False, cache_dir=tmp_path)
+    # same weights, and on the linearized network ReLU and ReLU6-as-ReLU are the same map
+    for l in range(4):
+        assert torch.equal(a.tensor(l, "virtual_grad"), b.tensor(l, "virtual_grad"))
+    from proxylab.stats import cache as stats_cache
+
+    state = stats_cache.state_dict_sha256(plain)
+    assert state == stats_cache.state_dict_sha256(bounded) and a.key != b.key
