@@ -184,10 +184,11 @@ def compute_stats(
             st.meta["cache_path"] = str(stats_cache.save_entry(folder, key, st.to_dict()))
         st.meta["cache_hit"] = False
     # Extras have their own cache entry (see extras.py), so entries written before them stay valid as they are.
+    # The layers are traced only when the extras must be computed: a full cache hit runs no forward pass.
     from proxylab.quant import quantizable_layers
 
-    layers = list(quantizable_layers(model, xb[:1]))
-    st.extras.update(stats_extras.load_or_compute(model, layers, xb, st.params, folder, key))
+    st.extras.update(stats_extras.load_or_compute(model, lambda: list(quantizable_layers(model, xb[:1])), xb,
+                                                  st.params, folder, key))
     return st.fill_qerr()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -71,16 +71,18 @@ def compute_extras(model: nn.Module, layers: NamedLayers, xb: torch.Tensor, para
                                         dtype=torch.float64)}
 
 
-def load_or_compute(model: nn.Module, layers: NamedLayers, xb: torch.Tensor, params: Sequence[int],
-                    folder: Optional[Path], key: str) -> Dict[str, Any]:
+def load_or_compute(model: nn.Module, trace_layers: Callable[[], NamedLayers], xb: torch.Tensor,
+                    params: Sequence[int], folder: Optional[Path], key: str) -> Dict[str, Any]:
     """The extras of the stats entry ``key``: from their own cache entry (``folder/extras/``) when present,
-    else computed (and stored there). Cheap: one forward pass over the batch and one float64 pass of a single image."""
+    else computed (and stored there) on the layers ``trace_layers()`` returns, called only then. Cheap: one
+    forward pass over the batch and one float64 pass of a single image."""
     extras_key = stats_cache.cache_key({"extras_of": key, "version": EXTRAS_VERSION})
     folder = None if folder is None else Path(folder) / "extras"  # the main folder keeps main entries only
     if folder is not None:
         hit = stats_cache.load_entry(folder, extras_key)
         if hit is not None and set(EXTRA_KEYS) <= set(hit.get("extras", {})):
             return dict(hit["extras"])
+    layers = trace_layers()
     extras = compute_extras(model, layers, xb, params)
     if folder is not None:
         stats_cache.save_entry(folder, extras_key, {"layer_names": [n for n, _ in layers],

@@ -160,3 +160,16 @@ def test_only_networks_with_bounded_activations_changed_their_cache_key(tmp_path
 
     state = stats_cache.state_dict_sha256(plain)
     assert state == stats_cache.state_dict_sha256(bounded) and a.key != b.key
+
+
+def test_a_full_cache_hit_runs_no_forward_pass(tmp_path):
+    net = make_tiny().eval()
+    calls = []
+    net.register_forward_pre_hook(lambda *_: calls.append(1))
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    first = compute_stats(net, x, y, batch_size=8, hessian=False, cache_dir=tmp_path)
+    assert calls  # computing ran the network
+    calls.clear()
+    again = compute_stats(net, x, y, batch_size=8, hessian=False, cache_dir=tmp_path)
+    assert again.meta["cache_hit"] and not calls
+    np.testing.assert_array_equal(again.synflow_log(), first.synflow_log())
