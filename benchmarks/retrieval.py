@@ -5,7 +5,8 @@ writes benchmarks/results/retrieval.csv (one row per method x query kind), retri
 method x query) and retrieval_targets.csv (the issue's targets, met or not).
 
 Encoders: the shipped ones (proxylab.retrieval.encoders): a training-free kernel mean embedding of the class
-anchors / query prototypes plus 0.25 x the learned set-encoder vector; that variant was chosen on a validation
+anchors / query prototypes plus 0.25 x the learned set-encoder vector (its ranking loss uses each training model's
+accuracy on its source task's CALIB split, never the test images queried here); that variant was chosen on a validation
 set of train models and train-split queries only (`python -m proxylab.retrieval.train_encoders --zoo runs/zoo200
 --validate benchmarks/results/retrieval_validation.csv`), never on this benchmark.
 
@@ -13,16 +14,20 @@ Setting (details: proxylab.retrieval.evaluate): the learned part was trained on 
 (proxylab.retrieval.train_encoders.split_models: a seeded draw per model id, 95 of the 200 models); this
 script indexes ONLY the other 105, which the encoders never saw. Queries are few-shot support sets (5/10/20 labelled images per
 class) from TEST splits: same_task queries from the zoo's source tasks, new_task queries from held-out class
-subsets and a held-out labelling no model, extractor or encoder was trained on.
+subsets and held-out labellings no model, extractor or encoder was trained on, and subset_task queries from a
+class subset of ONE source task (shapes-rgb = red/green/blue of shapes-color: not a new task, so it is scored
+as identification of its parent task and kept out of the new_task figures and targets).
 
 Definitions
 - Ground truth: the oracle (proxylab.retrieval.oracle): accuracy of a linear probe on a model's penultimate
   features, fit on the query's support images, scored on the query task's held-out scoring images.
-- Relevant models: same_task = the models trained on the query's source task; new_task = the 5 models with
-  the highest oracle accuracy on that query (ties by id).
+- Relevant models: same_task = the models trained on the query's source task (subset_task: its parent's);
+  new_task = the 5 models with the highest oracle accuracy on that query plus every model tied with the 5th.
+- Ties in a method's scores count in expectation (every order of tied models equally likely), never by id.
 - Recall@k: the fraction of queries with at least one relevant model in the method's top k (TANS's
   query-level recall; = Hit@k). best_in_top5: the fraction whose oracle-best model is in the top 5.
-- top1_task (same_task only): the fraction of queries whose top-1 model was trained on the query's task.
+- top1_task (same_task, subset_task): the fraction of queries whose top-1 model was trained on the query's
+  (parent) task.
 - weighted_tau: scipy.stats.weightedtau between the method's scores (minus rank position for the two-stage
   methods) and the oracle accuracies over all indexed models, averaged over queries.
 - ndcg_at_5: NDCG@5 with gain = oracle accuracy min-max scaled over the indexed models of the query.
@@ -93,7 +98,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)  # the machine is shared; timings are per single thread
     queries = default_queries("all", [int(s) for s in args.shots.split(",")], [int(s) for s in args.seeds.split(",")])
     summary, per_query = evaluate_zoo(args.zoo, queries=queries, rerank_k=args.rerank_k)
-    summary.sort(key=lambda r: (r["query_kind"] != "same_task", r["method"]))
+    kind_order = {"same_task": 0, "new_task": 1, "subset_task": 2}
+    summary.sort(key=lambda r: (kind_order.get(r["query_kind"], 3), r["method"]))
     out = Path(args.out)
     _write(out, COLUMNS, summary)
     _write(out.with_name(out.stem + "_queries.csv"), QUERY_COLUMNS, per_query)

@@ -47,10 +47,11 @@ def _encoders(path: Optional[str], extractor_path: Optional[str] = None):
     return Encoders.load(path, extractor=_extractor(extractor_path))
 
 
-def _open_index(path: Optional[str]):
+def _open_index(path: Optional[str], encoder_id: Optional[str] = None):
     """An existing index folder, or (no path) the shipped zoo index opened read-only so the package is never
     written. A user's index opens normally: SQLite's read-only "immutable" mode would not see additions still
-    in its write-ahead log (a running service's, say)."""
+    in its write-ahead log (a running service's, say). `encoder_id`: the encoders about to be used with it
+    (an index made by other encoders is refused)."""
     from proxylab.retrieval.index import ModelIndex
 
     if path is None:
@@ -58,8 +59,8 @@ def _open_index(path: Optional[str]):
         if not folder.is_dir():
             raise ProxylabError(f"this installation ships no zoo index (expected at {folder}); give --index DIR "
                                 "(`proxylab zoo build --out ZOO` makes ZOO/index)")
-        return ModelIndex.open(folder, read_only=True)
-    return ModelIndex.open(path)
+        return ModelIndex.open(folder, read_only=True, encoder_id=encoder_id)
+    return ModelIndex.open(path, encoder_id=encoder_id)
 
 
 def _filters(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
@@ -205,14 +206,16 @@ class ZooAdd(Command):
         enc = _encoders(args.encoders, args.extractor)
         vector = enc.encode_signature(sig)  # every check happens before the index is touched
         folder = Path(args.index)
-        idx = ModelIndex.open(folder) if (folder / DB_NAME).is_file() else ModelIndex.create(folder, enc.dim)
+        encoder_id = enc.id
+        idx = (ModelIndex.open(folder, encoder_id=encoder_id) if (folder / DB_NAME).is_file()
+               else ModelIndex.create(folder, enc.dim, encoder_id=encoder_id))
         if idx.dim != enc.dim:
             raise ProxylabError(f"index '{folder}' holds {idx.dim}-d vectors but the encoders make {enc.dim}-d ones: "
                                 "use the encoders the index was built with (--encoders)")
         metadata = {"name": args.name, "task": args.task, "family": args.family, "arch": args.arch,
                     "params": int(args.params), "num_classes": int(sig.num_classes)}
         try:
-            model_id = idx.add(vector, metadata, model_id=args.id)
+            model_id = idx.add(vector, metadata, model_id=args.id, encoder_id=encoder_id)
             idx.save()
         finally:
             idx.close()
@@ -301,13 +304,14 @@ class ZooQuery(Command):
         images, labels = load_samples(args.samples)
         filters = _filters(args)
         enc = _encoders(args.encoders, args.extractor)
-        idx = _open_index(args.index)
+        encoder_id = enc.id
+        idx = _open_index(args.index, encoder_id)
         try:
             if idx.dim != enc.dim:
                 raise ProxylabError(f"index holds {idx.dim}-d vectors but the encoders make {enc.dim}-d ones: "
                                     "query it with the encoders it was built with (--encoders)")
             t0 = time.perf_counter()
-            hits = idx.search(enc.encode_query(images, labels), k=args.k, filters=filters)
+            hits = idx.search(enc.encode_query(images, labels), k=args.k, filters=filters, encoder_id=encoder_id)
             search_ms = (time.perf_counter() - t0) * 1e3
         finally:
             idx.close()
@@ -375,8 +379,9 @@ class ZooEval(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--zoo", required=True, help="zoo folder (with signatures; ground truth cached in ZOO/oracle)")
-        parser.add_argument("--kind", choices=("all", "same", "new"), default="all",
-                            help="query kind: same-task (task identification), new-task (transfer) or all")
+        parser.add_argument("--kind", choices=("all", "same", "new", "subset"), default="all",
+                            help="query kind: same-task (task identification), new-task (transfer), subset (a "
+                                 "class subset of one source task: identification of that task) or all")
         parser.add_argument("--shots", default="5,10,20", help="labelled images per class per query (5..20)")
         parser.add_argument("--seeds", default="0", help="query sampling seeds, comma separated")
         parser.add_argument("--tasks", help="only these query tasks, comma separated (default: every task of --kind)")

@@ -5,7 +5,9 @@ Setting
   encoded from their signatures into a fresh in-memory ModelIndex; that index is what every method ranks.
 - Queries (``tasks.default_queries``): few-shot support sets (5/10/20 labelled images per class) from TEST
   splits. ``same_task`` queries come from a zoo source task; ``new_task`` queries from held-out class
-  subsets and a held-out labelling that no zoo model (nor the extractor, nor the encoders) was trained on.
+  subsets and a held-out labelling that no zoo model (nor the extractor, nor the encoders) was trained on;
+  ``subset_task`` queries from a class subset of ONE source task (``tasks.SUBSET_TASKS``: shapes-rgb), which
+  is not a new task: scored as identification of its parent task (relevant = the parent's models).
 - Ground truth per (model, query): the white-box oracle's accuracy (``oracle.py``: a linear probe on the
   model's penultimate features fit on the query's support images, scored on the query task's scoring images,
   which no support contains); used for nothing but scoring.
@@ -21,10 +23,14 @@ Methods (every one returns a full ranking of the evaluated models)
 
 Metrics per query, averaged per (method, query kind)
 - relevant models: same_task = the models trained on the query's source task; new_task = the 5 models with
-  the highest oracle accuracy on the query task (ties broken by id).
-- ``top1_task`` (same_task only): 1 when the top-ranked model was trained on the query's task.
+  the highest oracle accuracy on the query task AND every model tied with the 5th (a model is relevant when
+  fewer than 5 models are strictly more accurate), so no model id decides relevance.
+- Ties in a method's scores: every metric below is its EXPECTED value when tied models are put in a uniformly
+  random order (tie-aware evaluation, McSherry & Najork, ECIR 2008), so the id order FAISS or a sort happens
+  to give tied models never changes a figure (``tie_groups``, ``expected_hit_at_k`` and friends).
+- ``top1_task`` (same_task, subset_task): 1 when the top-ranked model was trained on the query's (parent) task.
 - ``recall_at_k`` (TANS's query-level recall, = Hit@k): 1 when at least one relevant model is in the top k.
-- ``best_in_top5``: 1 when the oracle-best model (highest accuracy on the query task) is in the top 5.
+- ``best_in_top5``: 1 when an oracle-best model (highest accuracy on the query task) is in the top 5.
 - ``weighted_tau``: scipy's weighted Kendall tau between the method's scores (or minus its rank positions
   for two-stage methods) and the oracle accuracies over all evaluated models.
 - ``ndcg_at_5``: NDCG@5 with gain = the oracle accuracy min-max scaled over the evaluated models per query.
@@ -46,7 +52,7 @@ from proxylab.errors import require
 
 RERANK_K = 10
 N_RELEVANT_NEW = 5
-KINDS = {"same": "same_task", "new": "new_task"}
+KINDS = {"same": "same_task", "new": "new_task", "subset": "subset_task"}
 SUMMARY_FIELDS = ("method", "query_kind", "queries", "top1_task", "recall_at_1", "recall_at_5", "recall_at_10",
                   "best_in_top5", "weighted_tau", "ndcg_at_5", "regret", "calls_per_query", "latency_ms_median")
 
@@ -61,31 +67,120 @@ class Ranking:
     latency_ms: float
 
 
-def relevant_ids(kind: str, task: str, model_task: Dict[int, str], acc: Dict[int, float]) -> List[int]:
-    """same: the models of `task`; new: the N_RELEVANT_NEW models with the highest accuracy (ties by id)."""
-    if kind == "same":
-        return sorted(i for i, t in model_task.items() if t == task)
+def top_n_with_ties(acc: Dict[int, float], n: int = N_RELEVANT_NEW) -> List[int]:
+    """The models with fewer than `n` models strictly more accurate: the n best plus every model tied with the
+    n-th (so the set never depends on model ids), best first (ties listed by id)."""
+    require(n >= 1, f"n must be >= 1, got {n}")
     order = sorted(acc, key=lambda i: (-acc[i], i))
-    return order[:N_RELEVANT_NEW]
+    if len(order) <= n:
+        return order
+    cut = acc[order[n - 1]]
+    return [i for i in order if acc[i] >= cut]
+
+
+def identity_task(kind: str, task: str) -> str:
+    """The source task a query should be identified with: itself (same), its parent (subset)."""
+    if kind == "subset":
+        from proxylab.retrieval.tasks import get_task
+
+        parent = get_task(task).parent
+        require(parent is not None, f"task '{task}' is no class subset of a source task")
+        return parent
+    return task
+
+
+def relevant_ids(kind: str, task: str, model_task: Dict[int, str], acc: Dict[int, float]) -> List[int]:
+    """same: the models of `task`; subset: the models of its parent task; new: the N_RELEVANT_NEW most accurate
+    models, ties at the cut included."""
+    if kind in ("same", "subset"):
+        own = identity_task(kind, task)
+        return sorted(i for i, t in model_task.items() if t == own)
+    return top_n_with_ties(acc, N_RELEVANT_NEW)
+
+
+# ---------------------------------------------------------------------------------------------- tie-aware metrics
+def tie_groups(ids: Sequence[int], scores: Sequence[float]) -> List[List[int]]:
+    """`ids` (best first) cut into runs of equal score; scores must not increase along the ranking."""
+    s = np.asarray(scores, dtype=np.float64)
+    require(len(ids) == len(s) and len(s) > 0, f"a ranking needs one score per id, got {len(ids)} ids, {len(s)} scores")
+    require(not np.isnan(s).any(), "ranking scores hold NaN: the order of those models is undefined")
+    require(bool(np.all(s[1:] <= s[:-1])), "ranking scores must be sorted best first (non-increasing)")
+    groups: List[List[int]] = [[ids[0]]]
+    for n in range(1, len(s)):
+        if s[n] == s[n - 1]:
+            groups[-1].append(ids[n])
+        else:
+            groups.append([ids[n]])
+    return groups
+
+
+def expected_hit_at_k(groups: List[List[int]], relevant, k: int) -> float:
+    """P(a relevant model is in the top k) when each tie group is in uniformly random order.
+
+    Groups entirely inside the top k count fully; the group straddling the cut fills its m free places with a
+    uniform m-subset of its g members, which misses all r relevant ones with probability C(g-r, m) / C(g, m)."""
+    rel = set(relevant)
+    require(len(rel) > 0, "Hit@k needs at least one relevant model")
+    placed = 0
+    for g in groups:
+        if placed >= k:
+            break
+        r = sum(1 for i in g if i in rel)
+        free = k - placed
+        if r and len(g) <= free:
+            return 1.0
+        if r:
+            return 1.0 - math.comb(len(g) - r, free) / math.comb(len(g), free)
+        placed += len(g)
+    return 0.0
+
+
+def expected_top1(groups: List[List[int]], value: Dict[int, float]) -> float:
+    """Expected value of the top-ranked model's `value`: the mean over the tied top group."""
+    return float(np.mean([value[i] for i in groups[0]]))
+
+
+def expected_ndcg_at_k(groups: List[List[int]], gains: Dict[int, float], k: int) -> float:
+    """NDCG@k (linear gains, as proxylab.metrics.ndcg_at_k) in expectation over random orders of tied models:
+    each place a tie group spans holds the group's mean gain on average (linearity of expectation)."""
+    g = np.array(list(gains.values()), dtype=np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.sort(g)[::-1][:k]
+    idcg = float(ideal @ discounts[:ideal.size])
+    if idcg == 0.0:
+        return math.nan
+    dcg, placed = 0.0, 0
+    for grp in groups:
+        if placed >= k:
+            break
+        span = discounts[placed:min(k, placed + len(grp))]
+        dcg += float(np.mean([gains.get(i, 0.0) for i in grp])) * float(span.sum())
+        placed += len(grp)
+    return dcg / idcg
 
 
 def query_metrics(r: Ranking, kind: str, task: str, model_task: Dict[int, str], acc: Dict[int, float]) -> Dict[str, float]:
-    """The metrics of one ranking (see the module doc)."""
-    from proxylab.metrics import hit_at_k, ndcg_at_k, regret, weighted_tau
+    """The metrics of one ranking (see the module doc); tie-aware in the ranking's scores."""
+    from proxylab.metrics import weighted_tau
 
     rel = relevant_ids(kind, task, model_task, acc)
     require(len(rel) > 0, f"query task '{task}' has no relevant model among the evaluated ones")
-    best = max(acc, key=lambda i: (acc[i], -i))
+    top = max(acc.values())
+    best = [i for i, a in acc.items() if a == top]
     lo, hi = min(acc.values()), max(acc.values())
     gains = {i: (a - lo) / (hi - lo) if hi > lo else 1.0 for i, a in acc.items()}
     by_id = dict(zip(r.ids, r.scores))
     ids = sorted(acc)
     tau = weighted_tau(np.array([by_id[i] for i in ids]), np.array([acc[i] for i in ids]))
+    groups = tie_groups(r.ids, r.scores)
+    own = identity_task(kind, task) if kind != "new" else None
+    same_task = {i: float(model_task[i] == own) for i in r.ids}
     return {
-        "top1_task": float(model_task[r.ids[0]] == task) if kind == "same" else math.nan,
-        "recall_at_1": hit_at_k(r.ids, rel, 1), "recall_at_5": hit_at_k(r.ids, rel, 5),
-        "recall_at_10": hit_at_k(r.ids, rel, 10), "best_in_top5": float(best in r.ids[:5]),
-        "weighted_tau": tau, "ndcg_at_5": ndcg_at_k(r.ids, gains, 5), "regret": regret(r.ids, acc),
+        "top1_task": expected_top1(groups, same_task) if own is not None else math.nan,
+        "recall_at_1": expected_hit_at_k(groups, rel, 1), "recall_at_5": expected_hit_at_k(groups, rel, 5),
+        "recall_at_10": expected_hit_at_k(groups, rel, 10), "best_in_top5": expected_hit_at_k(groups, best, 5),
+        "weighted_tau": tau, "ndcg_at_5": expected_ndcg_at_k(groups, gains, 5),
+        "regret": top - expected_top1(groups, acc),
         "calls_per_query": float(r.calls), "latency_ms": r.latency_ms,
     }
 
@@ -159,9 +254,10 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
     model_task = {i: zoo.get(i)["task"] for i in ids}
     params = {i: int(zoo.get(i)["params"]) for i in ids}
 
-    index = ModelIndex.create(None, enc.dim)
+    encoder_id = enc.id
+    index = ModelIndex.create(None, enc.dim, encoder_id=encoder_id)
     for i in ids:
-        index.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i)
+        index.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i, encoder_id=encoder_id)
     models = {i: zoo.blackbox(i) for i in ids}
     per_query: List[Dict] = []
     t_start = time.perf_counter()
@@ -174,7 +270,7 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
         # Stage 1: encode + search; latency measured on the real path (extractor + encoder + FAISS).
         t0 = time.perf_counter()
         q = enc.encode_query(sx, labels)
-        hits = index.search(q, k=len(ids))
+        hits = index.search(q, k=len(ids), encoder_id=encoder_id)
         index_ms = (time.perf_counter() - t0) * 1e3
         index_ids = [h.id for h in hits]
         # Every model's probabilities on the support set, timed per model (the brute-force baselines' cost).
@@ -250,8 +346,6 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
       of the 5 best of those (by the oracle) is in the top 5, transfer_regret = best minus top-1 accuracy.
     The benchmark's test models and TEST-split queries play no part in any choice made with this.
     """
-    from proxylab.metrics import hit_at_k, regret
-
     ids = sorted(int(i) for i in signatures)
     require(len(ids) >= 2 and len(query_features) > 0, "validation needs >= 2 models and >= 1 query")
     m = np.stack([encoders.encode_signature(signatures[i]) for i in ids]).astype(np.float64)
@@ -259,15 +353,21 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
     top1, r5, per_task, t_r5, t_regret = [], [], {}, [], []
     for (task, _, _), (f, y) in sorted(query_features.items()):
         q = encoders.encode_query_features(f, y).astype(np.float64)
-        order = sorted(range(len(ids)), key=lambda n: (-float(m[n] @ q), ids[n]))
-        top1.append(float(tasks[order[0]] == task))
-        r5.append(float((tasks[order[:5]] == task).any()))
+        score = m @ q
+        order = sorted(range(len(ids)), key=lambda n: (-float(score[n]), ids[n]))
+        # tie-aware like the benchmark (query_metrics): tied models count in expectation, never by id
+        groups = tie_groups([ids[n] for n in order], score[order])
+        own = {ids[n]: float(tasks[n] == task) for n in range(len(ids))}
+        top1.append(expected_top1(groups, own))
+        r5.append(expected_hit_at_k(groups, [i for i, v in own.items() if v], 5))
         per_task.setdefault(task, []).append(top1[-1])
         if transfer_truth is not None and task in transfer_truth:
-            others = [ids[n] for n in order if tasks[n] != task]  # the ranking with the task's own models removed
+            keep = [n for n in order if tasks[n] != task]  # the ranking with the task's own models removed
+            others = [ids[n] for n in keep]
             acc = {i: float(transfer_truth[task][i]) for i in others}
-            t_r5.append(hit_at_k(others, relevant_ids("new", task, {}, acc), 5))
-            t_regret.append(regret(others, acc))
+            t_groups = tie_groups(others, score[keep])
+            t_r5.append(expected_hit_at_k(t_groups, relevant_ids("new", task, {}, acc), 5))
+            t_regret.append(max(acc.values()) - expected_top1(t_groups, acc))
     out = {"queries": len(top1), "models": len(ids), "top1_task": float(np.mean(top1)),
            "recall_at_5": float(np.mean(r5)), "per_task_top1": {t: float(np.mean(v)) for t, v in per_task.items()}}
     if t_r5:

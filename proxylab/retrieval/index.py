@@ -13,6 +13,13 @@ One process writes an index folder at a time: each ModelIndex keeps the metadata
 second process's writes are seen only after it reopens the folder (``open(path, read_only=True)`` for readers
 that must not write, e.g. an index inside an installed package).
 
+Encoder id: vectors are comparable only with vectors (and queries) from the same encoders, so the index
+records the id of the encoders that made its vectors (meta key ``encoder_id``, e.g. ``Encoders.id``). Writers and
+readers that pass ``encoder_id=`` (``create``, ``open``, ``add``/``add_many``, ``search``) are checked against it
+and get an ``EncoderMismatchError`` naming both ids; an EMPTY index takes on the id of whoever writes first. An
+index made before ids were recorded opens with a warning and records the id at its next write that names one.
+Vectors added without an ``encoder_id`` (e.g. raw vectors a client computed) are not checked.
+
 Filters go INSIDE the FAISS search (``SearchParameters(sel=IDSelectorBatch(...))``), so a filtered query
 still returns its k best matches rather than the filtered remains of an unfiltered top-k.
 """
@@ -42,6 +49,14 @@ FILTER_KEYS = ("task", "family", "arch", "params_min", "params_max", "num_classe
 # faiss's k-means warns below 39 points per centroid; IVF trains once there are enough for sqrt(N) lists.
 IVF_MIN_TRAIN = 2048
 _INT64_MAX = 2**63 - 1
+
+
+class EncoderMismatchError(ProxylabError):
+    """The index's vectors were made by other encoders than the ones in use: queries would be meaningless."""
+
+
+class LegacyIndexWarning(UserWarning):
+    """An index made before encoder ids were recorded: its encoders are unknown."""
 
 
 class UnknownModelError(ProxylabError, KeyError):
@@ -175,6 +190,14 @@ def _check_vector(v: Any, dim: int, what: str = "vector") -> np.ndarray:
     if norm == 0.0:
         raise ProxylabError(f"{what} is all zeros: it has no direction to compare by cosine")
     return (arr / norm).astype(np.float32)
+
+
+def _check_encoder_id(encoder_id: Any) -> Optional[str]:
+    if encoder_id is None:
+        return None
+    if not isinstance(encoder_id, str) or not encoder_id.strip():
+        raise ProxylabError(f"encoder_id must be a non-empty string (e.g. Encoders.id), got {encoder_id!r}")
+    return encoder_id
 
 
 def _check_queries(query: Any, dim: int) -> tuple:
@@ -383,11 +406,49 @@ class ModelIndex:
         # per filter: a repeated filter (a service's common case) skips the O(N) metadata scan and selector build
         self._allowed_cache: Dict[Any, tuple] = {}  # filter key -> (selector, allowed ids)
         self.read_only = False
+        self._encoder_id: Optional[str] = None
+        self._legacy_warned = False
+
+    # ------------------------------------------------------------------ encoder id
+    @property
+    def encoder_id(self) -> Optional[str]:
+        """Id of the encoders that made the vectors (None: not recorded, an index made before ids were kept)."""
+        return self._encoder_id
+
+    def check_encoder(self, encoder_id: Optional[str], action: str = "used") -> None:
+        """EncoderMismatchError when the index holds vectors of encoders other than `encoder_id`.
+
+        An empty index holds no vectors, so any encoders may use it (its record changes at the next write)."""
+        encoder_id = _check_encoder_id(encoder_id)
+        if encoder_id is None or self._encoder_id is None or encoder_id == self._encoder_id or not self._meta:
+            return
+        where = f"index '{self.path}'" if self.path is not None else "this in-memory index"
+        raise EncoderMismatchError(
+            f"{where} holds {len(self._meta)} vectors made by encoders {self._encoder_id}, but it was {action} with "
+            f"encoders {encoder_id}; vectors of different encoders are not comparable. Re-encode: rebuild the index "
+            "with the current encoders (a zoo index: delete ZOO/index and rerun `proxylab zoo build --out ZOO`; the "
+            "shipped index: `python -m proxylab.retrieval.train_encoders --zoo ZOO --index-only`; a service: "
+            "re-register its models), or use the encoders the index was built with (--encoders FILE)")
+
+    def _warn_legacy(self, encoder_id: str) -> None:
+        if self._legacy_warned:
+            return
+        self._legacy_warned = True
+        import warnings
+
+        where = f"index '{self.path}'" if self.path is not None else "this in-memory index"
+        warnings.warn(f"{where} was made before proxylab recorded encoder ids: which encoders made its {len(self._meta)} "
+                      f"vectors is unknown; assuming encoders {encoder_id}" +
+                      ("" if self.read_only else " (recorded at the next write)") +
+                      ". If the results look wrong, rebuild the index with the current encoders.",
+                      LegacyIndexWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(cls, path: Optional[PathLike], dim: int, kind: str = "flat",
-               options: Optional[Mapping[str, Any]] = None) -> "ModelIndex":
+               options: Optional[Mapping[str, Any]] = None, encoder_id: Optional[str] = None) -> "ModelIndex":
+        """A new, empty index; `encoder_id` records which encoders will make its vectors (see the module doc)."""
+        encoder_id = _check_encoder_id(encoder_id)
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or int(dim) < 1:
             raise ProxylabError(f"index dimension must be a positive integer, got {dim!r}")
         INDEX_KINDS.get(kind)  # unknown kind -> ProxylabError naming the known ones
@@ -408,7 +469,10 @@ class ModelIndex:
             conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
                 ("format_version", str(FORMAT_VERSION)), ("dim", str(int(dim))), ("kind", kind),
                 ("options", json.dumps(options)), ("revision", "0"), ("next_id", "0")])
+            if encoder_id is not None:
+                conn.execute("INSERT INTO meta(key, value) VALUES ('encoder_id', ?)", (encoder_id,))
         index = cls(conn, folder, int(dim), kind, options)
+        index._encoder_id = encoder_id
         index._index = index._kind.build(np.zeros(0, np.int64), np.zeros((0, int(dim)), np.float32))
         if folder is not None:
             index.save()
@@ -422,9 +486,12 @@ class ModelIndex:
         return conn
 
     @classmethod
-    def open(cls, path: PathLike, read_only: bool = False) -> "ModelIndex":
+    def open(cls, path: PathLike, read_only: bool = False, encoder_id: Optional[str] = None) -> "ModelIndex":
         """Open an index folder. `read_only` opens SQLite as immutable (no -wal/-shm files, nothing written:
-        for an index inside an installed package); add/remove/save then raise ProxylabError."""
+        for an index inside an installed package); add/remove/save then raise ProxylabError.
+        `encoder_id`: the encoders the caller will use; EncoderMismatchError when the index records others
+        (a LegacyIndexWarning when it records none: an index made before ids were recorded)."""
+        encoder_id = _check_encoder_id(encoder_id)
         folder = Path(path)
         db = folder / DB_NAME
         if not db.is_file():
@@ -448,8 +515,16 @@ class ModelIndex:
             raise ProxylabError(f"index '{folder}' has format {version}, newer than this proxylab ({FORMAT_VERSION}); upgrade proxylab")
         index = cls(conn, folder, dim, kind, options)
         index.read_only = bool(read_only)
+        index._encoder_id = meta.get("encoder_id")
         for row in rows:
             index._load_row(row)
+        try:
+            index.check_encoder(encoder_id, "opened")
+        except EncoderMismatchError:
+            conn.close()
+            raise
+        if encoder_id is not None and index._encoder_id is None and rows:
+            index._warn_legacy(encoder_id)
         index._index = index._load_faiss(meta)
         return index
 
@@ -558,13 +633,16 @@ class ModelIndex:
         if next_id is not None:
             self._conn.execute("UPDATE meta SET value = ? WHERE key='next_id'", (str(next_id),))
 
-    def add(self, vector: Any, metadata: Mapping[str, Any], model_id: Optional[int] = None) -> int:
-        """Add one model; returns its id. Everything is validated before anything is written."""
-        return self.add_many([vector], [metadata], None if model_id is None else [model_id])[0]
+    def add(self, vector: Any, metadata: Mapping[str, Any], model_id: Optional[int] = None,
+            encoder_id: Optional[str] = None) -> int:
+        """Add one model; returns its id. Everything is validated before anything is written.
+        `encoder_id`: the encoders that made `vector` (checked against the index's, recorded if it has none)."""
+        return self.add_many([vector], [metadata], None if model_id is None else [model_id], encoder_id=encoder_id)[0]
 
     def add_many(self, vectors: Any, metadatas: Sequence[Mapping[str, Any]],
-                 model_ids: Optional[Sequence[int]] = None) -> List[int]:
+                 model_ids: Optional[Sequence[int]] = None, encoder_id: Optional[str] = None) -> List[int]:
         """Add several models in one SQLite transaction (all or nothing); returns their ids."""
+        encoder_id = _check_encoder_id(encoder_id)
         vecs = list(vectors) if not isinstance(vectors, np.ndarray) else [v for v in vectors]
         metas = list(metadatas)
         if len(vecs) != len(metas):
@@ -575,6 +653,10 @@ class ModelIndex:
         checked = [_check_vector(v, self.dim, f"vector {i}") for i, v in enumerate(vecs)]
         metas = [_check_metadata(m) for m in metas]
         with self._write_mutex:  # only writers change state, and they queue here: no reader lock needed to check
+            self.check_encoder(encoder_id, "grown")
+            record = encoder_id is not None and encoder_id != self._encoder_id
+            if record and self._encoder_id is None and self._meta:
+                self._warn_legacy(encoder_id)
             names = [m["name"] for m in metas]
             seen: set = set()
             for n in names:
@@ -602,6 +684,9 @@ class ModelIndex:
             try:
                 with self._conn:  # one transaction: committed before FAISS changes, rolled back on error
                     self._conn.executemany("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    if record:  # in the same transaction as the vectors it describes
+                        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder_id', ?)",
+                                           (encoder_id,))
                     self._bump(new_next)
             except sqlite3.IntegrityError as e:  # a race with another process writing the same file
                 raise ProxylabError(f"cannot add: {e}") from None
@@ -611,15 +696,25 @@ class ModelIndex:
                 except BaseException:
                     with self._conn:  # FAISS refused: undo the commit so SQLite and memory agree
                         self._conn.executemany("DELETE FROM models WHERE id = ?", [(i,) for i in ids])
+                        if record:
+                            self._restore_encoder_record()
                         self._bump(None)
                     self._index = self._build()
                     raise
+                if record:
+                    self._encoder_id = encoder_id
                 for mid, md, vec in zip(ids, metas, checked):
                     self._meta[mid] = md
                     self._vectors[mid] = vec
                     self._names[md["name"]] = mid
                 self._allowed_cache.clear()  # a search during the commit may have cached the old allowed ids
         return ids
+
+    def _restore_encoder_record(self) -> None:
+        if self._encoder_id is None:
+            self._conn.execute("DELETE FROM meta WHERE key='encoder_id'")
+        else:
+            self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder_id', ?)", (self._encoder_id,))
 
     def _faiss_add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         self._gpu_index = None
@@ -732,10 +827,12 @@ class ModelIndex:
                 return self._index
         return self._gpu_index
 
-    def search(self, query: Any, k: int = 10, filters: Optional[Mapping[str, Any]] = None
-               ) -> Union[List[Hit], List[List[Hit]]]:
-        """Best-first hits for one query [dim] (a list) or several [Q, dim] (a list of lists)."""
+    def search(self, query: Any, k: int = 10, filters: Optional[Mapping[str, Any]] = None,
+               encoder_id: Optional[str] = None) -> Union[List[Hit], List[List[Hit]]]:
+        """Best-first hits for one query [dim] (a list) or several [Q, dim] (a list of lists).
+        `encoder_id`: the encoders that made the query (EncoderMismatchError when the index's are others)."""
         q, single = _check_queries(query, self.dim)
+        self.check_encoder(encoder_id, "queried")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ProxylabError(f"k must be a positive integer, got {k!r}")
         keep = compile_filters(filters)

@@ -182,6 +182,77 @@ def load_oracle(zoo_dir: PathLike) -> List[Dict[str, Any]]:
     return _read_rows(path)
 
 
+# ---------------------------------------------------------------------------------------------- calibration
+CALIB_FILE = "calib_accuracy.csv"  # in zoo_dir/oracle/
+CALIB_FIELDS = ("model_id", "model", "task", "weights_sha256", "split", "max_images", "images", "calib_acc")
+CALIB_MAX_IMAGES = 1000  # per task; every source task's calib split has 100-1000 images, so this takes all
+
+
+def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] = None, progress: bool = True,
+                         max_images: int = CALIB_MAX_IMAGES) -> Dict[int, float]:
+    """{model id: accuracy on its source task's CALIBRATION split}; cached in zoo_dir/oracle/calib_accuracy.csv.
+
+    The calib split is neither trained on (zoo models train on a prefix of the train split) nor used by any
+    query (supports and scoring sets come from the test split, validation queries from the train split), so
+    this accuracy can steer encoder training without leaking evaluation images. Oracle-side: it runs the zoo's
+    own models on the task's labelled images. A cached row counts only for the same weights (sha256) and image
+    count; stale rows are recomputed.
+    """
+    import torch
+
+    from proxylab.retrieval.tasks import get_task
+    from proxylab.retrieval.zoo import load_zoo
+
+    require(isinstance(max_images, int) and max_images >= 1, f"max_images must be a positive integer, got {max_images!r}")
+    zoo = load_zoo(zoo_dir)
+    wanted = zoo.ids if model_ids is None else [zoo.get(i)["id"] for i in model_ids]
+    path = Path(zoo_dir) / "oracle" / CALIB_FILE
+    cached: Dict[int, Dict[str, Any]] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                cached[int(r["model_id"])] = r
+    out: Dict[int, float] = {}
+    todo: Dict[str, List[int]] = {}
+    for i in wanted:
+        row, sha = zoo.get(i), zoo.config(i).get("weights_sha256", "")
+        c = cached.get(int(i))
+        if (c is not None and c["weights_sha256"] == sha and c["task"] == row["task"] and c["split"] == "calib"
+                and c.get("max_images") == str(max_images)):
+            out[int(i)] = float(c["calib_acc"])
+        else:
+            todo.setdefault(row["task"], []).append(int(i))
+    if todo:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        try:
+            for task_name, ids in sorted(todo.items()):
+                x, y = get_task(task_name).data("calib", limit=max_images, seed=0)
+                for i in ids:
+                    row = zoo.get(i)
+                    # argmax of the probabilities: exactly what the black box hands out, counted as calls
+                    probs = zoo.blackbox(i).predict_proba(x)
+                    acc = float((probs.argmax(1) == y.numpy()).mean())
+                    out[i] = acc
+                    cached[i] = {"model_id": i, "model": row["name"], "task": task_name,
+                                 "weights_sha256": zoo.config(i).get("weights_sha256", ""), "split": "calib",
+                                 "max_images": str(max_images), "images": int(len(y)), "calib_acc": round(acc, 6)}
+                if progress:
+                    print(f"calibration accuracy: {task_name} {len(ids)} models, {len(y)} images "
+                          f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        finally:
+            torch.set_num_threads(threads)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CALIB_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for i in sorted(cached):
+            writer.writerow({k: cached[i][k] for k in CALIB_FIELDS})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buf.getvalue())
+    return {i: out[int(i)] for i in wanted}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """python -m proxylab.retrieval.oracle ZOO_DIR [--shots 5,10,20] [--seeds 0] [--split test]"""
     import argparse
@@ -191,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--shots", default="5,10,20")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--kind", default="all", help="all | same | new")
+    parser.add_argument("--kind", default="all", help="all | same | new | subset")
     args = parser.parse_args(argv)
     queries = default_queries(args.kind, [int(s) for s in args.shots.split(",")],
                               [int(s) for s in args.seeds.split(",")], args.split)

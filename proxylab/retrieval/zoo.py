@@ -401,7 +401,8 @@ def _signature_extractor(path: Path) -> str:
 def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
     """Add every signed model missing from zoo_dir/index (created on first use); returns how many were added.
     `encoders` default: the shipped ones. Skipped (0) while the index or the shipped encoders are not available.
-    Models already indexed keep their vectors: after retraining the encoders, delete zoo_dir/index to re-encode."""
+    Models already indexed keep their vectors; the index records the encoders' id, so after retraining the
+    encoders this raises EncoderMismatchError (delete zoo_dir/index and rerun to re-encode every model)."""
     try:
         from proxylab.retrieval.encoders import Encoders
         from proxylab.retrieval.index import ModelIndex
@@ -411,14 +412,17 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
         return 0
     zoo = load_zoo(zoo_dir)
     path = Path(zoo_dir) / "index"
-    idx = ModelIndex.open(str(path)) if _has_index(path) else ModelIndex.create(str(path), encoders.dim)
+    encoder_id = encoders.id
+    idx = (ModelIndex.open(str(path), encoder_id=encoder_id) if _has_index(path)
+           else ModelIndex.create(str(path), encoders.dim, encoder_id=encoder_id))
     present = {m["name"] for m in idx.list()}
     added = 0
     for row in zoo.manifest:
         sig_path = Path(zoo_dir) / "signatures" / f"{row['name']}.npz"
         if row["name"] in present or not sig_path.exists():
             continue
-        idx.add(encoders.encode_signature(zoo.signature(row["id"])), index_metadata(row), model_id=int(row["id"]))
+        idx.add(encoders.encode_signature(zoo.signature(row["id"])), index_metadata(row), model_id=int(row["id"]),
+                encoder_id=encoder_id)
         added += 1
     idx.save()
     _log(progress, f"index {path}: {added} models added, {len(idx)} in all")

@@ -272,6 +272,7 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
             vector = check_vector(obj["vector"], store.index.dim)
             k, filters = parse_k(obj.get("k", 10)), parse_filters(obj.get("filters"))
             samples, rerank, method = None, False, None
+            encoder_id = None  # a client's own vector: nothing to check it against
         else:
             form = await _read_form(request, max_body_bytes, ("samples", "k", "filters", "rerank", "method"))
             data = form.get("samples")
@@ -291,8 +292,9 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
             samples = await run_in_threadpool(
                 lambda: check_samples(load_npz(data, "the samples file", store.max_array_bytes)))
             vector = await run_in_threadpool(store.encode_query, *samples)
+            encoder_id = store.encoder_id
         encoded = time.perf_counter()
-        hits = await run_in_threadpool(store.search, vector, k, filters)
+        hits = await run_in_threadpool(store.search, vector, k, filters, encoder_id)
         searched = time.perf_counter()
         answer: Dict[str, Any] = {"k": k, "filters": filters, "calls": 0}
         if rerank:

@@ -97,9 +97,12 @@ class ZooStore:
         self.search_threads = search_threads
         self.fetch_seconds = float(fetch_seconds)
         self.fetch_max_bytes = fetch_max_bytes
-        self._encoders_obj = None if (encoders is None or callable(encoders)) else encoders
-        self._encoders_factory: Callable[[], Any] = encoders if callable(encoders) else _default_encoders
+        # a ready Encoders object goes through the same first-use checks (dimension, encoder id) as a factory's
+        self._encoders_obj = None
+        self._encoders_factory: Callable[[], Any] = (
+            _default_encoders if encoders is None else encoders if callable(encoders) else (lambda: encoders))
         self._encoders_error: Optional[str] = None
+        self.encoder_id: Optional[str] = None  # the loaded encoders' id (Encoders.id), set when they load
         self._encoders_lock = threading.Lock()
         self._write_lock = threading.Lock()
         fresh = not _holds_an_index(self.path)
@@ -114,8 +117,12 @@ class ZooStore:
                     except Unavailable as e:
                         raise ProxylabError(f"'{self.path}' holds no index yet and its vector size cannot be taken "
                                             f"from the encoders ({e}); give --dim to create an empty one") from None
+                    # the vectors of an index sized by the encoders are theirs: record which they are
+                    encoder_id = self.encoder_id
+                else:
+                    encoder_id = None  # --dim: a vector index; the first signature registration records the id
                 require(isinstance(dim, int) and dim > 0, f"index dimension must be a positive integer, got {dim!r}")
-                self.index = ModelIndex.create(str(self.path), dim=dim, kind=kind)
+                self.index = ModelIndex.create(str(self.path), dim=dim, kind=kind, encoder_id=encoder_id)
                 log.info("created an empty %s index of dimension %d at %s", kind, dim, self.path)
             else:
                 self.index = ModelIndex.open(str(self.path))
@@ -149,6 +156,16 @@ class ZooStore:
                     self._encoders_error = (f"the encoders make {enc.dim}-d vectors but the index at {self.path} "
                                             f"holds {self.index.dim}-d vectors: serve an index built with them")
                     raise Unavailable(self._encoders_error)
+                encoder_id = str(enc.id)  # a hash of the weights: computed once, not per request
+                if hasattr(self, "index"):
+                    from proxylab.retrieval.index import EncoderMismatchError
+
+                    try:
+                        self.index.check_encoder(encoder_id, "served")
+                    except EncoderMismatchError as e:  # an index of other encoders: 503, never mixed vectors
+                        self._encoders_error = str(e)
+                        raise Unavailable(self._encoders_error) from None
+                self.encoder_id = encoder_id
                 self._encoders_obj = enc
         return self._encoders_obj
 
@@ -179,13 +196,16 @@ class ZooStore:
         total = self.index.count(filters or None)
         return {"models": [dict(m) for m in models], "total": total, "limit": limit, "offset": offset}
 
-    def search(self, vector: np.ndarray, k: int, filters: Dict[str, Any]) -> List[Any]:
+    def search(self, vector: np.ndarray, k: int, filters: Dict[str, Any],
+               encoder_id: Optional[str] = None) -> List[Any]:
+        """encoder_id: the encoders that made ``vector`` (a query encoded here), checked against the index's;
+        None for a client's raw vector."""
         if self.search_threads is not None:
             import faiss
 
             # OpenMP's thread count is per calling thread, so it is set in the worker thread that searches
             faiss.omp_set_num_threads(self.search_threads)
-        return list(self.index.search(vector, k=k, filters=filters or None))
+        return list(self.index.search(vector, k=k, filters=filters or None, encoder_id=encoder_id))
 
     def encode_query(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         vec = self.encoders().encode_query(images, labels)
@@ -256,10 +276,10 @@ class ZooStore:
         raise Conflict(f"a model named '{name}' is already registered (id {model_id}); pick "
                        "another name or DELETE it first")
 
-    def _add(self, vector: np.ndarray, metadata: Dict[str, Any]) -> Dict[str, Any]:
+    def _add(self, vector: np.ndarray, metadata: Dict[str, Any], encoder_id: Optional[str] = None) -> Dict[str, Any]:
         with self._write_lock:
             self._check_name_free(metadata["name"])
-            model_id = int(self.index.add(vector, metadata))
+            model_id = int(self.index.add(vector, metadata, encoder_id=encoder_id))
         return {**metadata, "id": model_id}
 
     def register_vector(self, vector: Any, metadata: Dict[str, Any]) -> Dict[str, Any]:
@@ -312,7 +332,7 @@ class ZooStore:
             raise ProxylabError(f"the signature cannot be encoded: {e}") from None
         md = {**metadata, "num_classes": int(sig.num_classes), "source": source, "calls": int(sig.calls),
               "extractor": str(sig.extractor)}
-        return self._add(vec, md)
+        return self._add(vec, md, encoder_id=self.encoder_id)
 
     def delete(self, model_id: int) -> Dict[str, Any]:
         with self._write_lock:

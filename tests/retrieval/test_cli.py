@@ -103,6 +103,17 @@ def test_signature_add_query_rerank_remove(zoo_dir, encoder_files, tmp_path, cap
     assert [m["score"] for m in out["models"]] == pytest.approx(sorted(want.values(), reverse=True), abs=1e-5)
     assert out["model_calls"] == 0
 
+    # other encoders (same extractor, other weights) may neither query nor grow this index
+    torch.manual_seed(2)
+    other = Encoders(extractor_id=enc.extractor_id, extractor=enc.extractor)
+    other.save(tmp_path / "other.pt")
+    for argv in (("query", "--samples", samples), ("add", "--signature", str(tmp_path / "0.npz"), "--name", "x")):
+        code, _, err = run(capsys, "zoo", *argv, "--index", str(index), "--encoders", str(tmp_path / "other.pt"),
+                           "--extractor", fx_path)
+        assert code == 2 and enc.id in err and other.id in err and "rebuild" in err
+    code, rows, _ = run(capsys, "zoo", "list", "--index", str(index))
+    assert len(rows) == 2
+
     code, out, err = run(capsys, "zoo", "query", "--index", str(index), "--samples", samples, "--k", "2",
                          "--rerank", "leep", "--zoo", str(zoo_dir), "--encoders", enc_path, "--extractor", fx_path)
     assert code == 0, err

@@ -1,4 +1,6 @@
 """Encoders: unit vectors, byte-for-byte determinism, invariance to class order, validated queries, file round trip."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -210,11 +212,18 @@ def test_shipped_encoders_and_zoo_index_work_together():
     # Shipped: the kernel map plus the learned part (the chosen hybrid); the index was built by these encoders.
     assert enc.kernel is not None and 0 < enc.learned_weight < 1
     assert enc.dim == enc.kernel.dim + enc.learned_dim and enc.extractor_id == FeatureExtractor.default().id
-    idx = ModelIndex.open(SHIPPED_ENCODERS.parent / "zoo_index", read_only=True)
-    assert len(idx) >= 100 and idx.dim == enc.dim
+    # the shipped index records the shipped encoders' id (opening it with them neither warns nor fails)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idx = ModelIndex.open(SHIPPED_ENCODERS.parent / "zoo_index", read_only=True, encoder_id=enc.id)
+    assert len(idx) >= 100 and idx.dim == enc.dim and idx.encoder_id == enc.id
+    report = json.loads(SHIPPED_ENCODERS.with_suffix(".json").read_text())
+    assert report["encoder_id"] == enc.id and report.get("ranking_targets") == "calib"
     (x, y), _ = get_task("mnist5k-lo").query(5, seed=3)
     q = enc.encode_query(x, y.numpy())
-    hits = idx.search(q, k=5)
+    hits = idx.search(q, k=5, encoder_id=enc.id)
     assert len(hits) == 5 and hits[0].score >= hits[-1].score
     # The query vector is what the shipped index is searched with: unit length, deterministic.
     assert abs(float(np.linalg.norm(q)) - 1) < 1e-5 and q.tobytes() == enc.encode_query(x, y.numpy()).tobytes()

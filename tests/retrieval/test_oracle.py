@@ -89,3 +89,36 @@ def test_oracle_errors(one_model_zoo, tmp_path):
         compute_oracle(one_model_zoo, [QuerySpec("mnist5k-lo", 5)], model_ids=[3], progress=False)
     with pytest.raises(ProxylabError, match="not a zoo"):
         compute_oracle(tmp_path, [QuerySpec("mnist5k-lo", 5)], progress=False)
+
+
+def test_calibration_accuracy_is_the_calib_split_accuracy_cached_per_weights(one_model_zoo, tmp_path):
+    import shutil
+
+    from proxylab.retrieval.oracle import CALIB_FILE, calibration_accuracy
+    from proxylab.retrieval.tasks import get_task
+    from proxylab.retrieval.train_encoders import own_accuracy_targets
+
+    zoo_dir = tmp_path / "z"
+    shutil.copytree(one_model_zoo, zoo_dir)
+    zoo = load_zoo(zoo_dir)
+    row = zoo.get(0)
+    task = get_task(row["task"])
+    x, y = task.data("calib")
+    with torch.no_grad():  # oracle: the white-box module's argmax on every calib image of the source task
+        want = float((zoo.module(0)(x).argmax(1) == y).double().mean())
+    # the calib split is disjoint from the test split the evaluation queries come from
+    tx, _ = task.data("test")
+    assert not {bytes(im.numpy().tobytes()) for im in x} & {bytes(im.numpy().tobytes()) for im in tx}
+    assert calibration_accuracy(zoo_dir, [0], progress=False) == {0: pytest.approx(want, abs=1e-6)}
+    cache = zoo_dir / "oracle" / CALIB_FILE
+    text = cache.read_text()
+    assert row["name"] in text and "calib" in text
+    # cached: a rerun reads the file (a tampered value shows it is not recomputed) ...
+    cache.write_text(text.replace(f"{round(want, 6)}", "0.123"))
+    assert calibration_accuracy(zoo_dir, [0], progress=False) == {0: 0.123}
+    assert own_accuracy_targets(zoo_dir, [0], progress=False) == {row["task"]: {0: 0.123}}
+    # ... unless the weights changed (their sha256 is part of the key)
+    cache.write_text(cache.read_text().replace(zoo.config(0)["weights_sha256"], "0" * 64))
+    assert calibration_accuracy(zoo_dir, [0], progress=False) == {0: pytest.approx(want, abs=1e-6)}
+    with pytest.raises(ProxylabError, match="no model with id"):
+        calibration_accuracy(zoo_dir, [5], progress=False)

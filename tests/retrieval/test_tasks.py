@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from proxylab.errors import ProxylabError
-from proxylab.retrieval.tasks import (NEW_TASKS, SOURCE_TASKS, QuerySpec, Task, default_queries, get_task,
-                                      list_tasks)
+from proxylab.retrieval.tasks import (NEW_TASKS, SOURCE_TASKS, SUBSET_TASKS, QuerySpec, Task, default_queries,
+                                      get_task, list_tasks)
 
 
 def _row_hashes(x: torch.Tensor) -> set:
@@ -30,8 +30,27 @@ def test_registry_separates_source_and_new_tasks():
     families = {t.family for t in SOURCE_TASKS.values()}
     assert {"mnist5k", "animal", "digits", "shapes"} <= families
     assert sum(t.dataset.startswith("shapes") for t in SOURCE_TASKS.values()) >= 4
-    assert len(list_tasks("all")) == len(SOURCE_TASKS) + len(NEW_TASKS)
+    assert len(list_tasks("all")) == len(SOURCE_TASKS) + len(NEW_TASKS) + len(SUBSET_TASKS)
     assert [t.name for t in list_tasks("same")] == list(SOURCE_TASKS)
+    assert [t.name for t in list_tasks("subset")] == list(SUBSET_TASKS) == ["shapes-rgb"]
+
+
+def _classes_of(task):
+    return set(task.classes) if task.classes is not None else set(range(task.num_classes))
+
+
+def test_no_new_task_is_a_class_subset_of_one_source_task():
+    """A "new" task whose classes all belong to one source task (same images, same labelling) is not new: the
+    source task's models were trained on it. Such tasks live in SUBSET_TASKS, with that source as parent."""
+    for new in NEW_TASKS.values():
+        for src in SOURCE_TASKS.values():
+            if new.dataset == src.dataset:
+                assert not _classes_of(new) <= _classes_of(src), (new.name, src.name)
+    for sub in SUBSET_TASKS.values():
+        parent = SOURCE_TASKS[sub.parent]
+        assert sub.dataset == parent.dataset and _classes_of(sub) < _classes_of(parent) and sub.kind == "query"
+        assert sub.name not in NEW_TASKS and sub.name not in SOURCE_TASKS
+    assert get_task("shapes-rgb").parent == "shapes-color"
 
 
 def test_task_data_is_the_canonical_class_subset():
@@ -94,6 +113,8 @@ def test_query_spec_key_kind_and_defaults():
     q = QuerySpec("mnist5k-lo", 5, 2)
     assert q.key == "mnist5k-lo.test.n5.s2" and q.kind == "same"
     assert QuerySpec("shapes-position").kind == "new"
+    assert QuerySpec("shapes-rgb").kind == "subset"
+    assert [q.task for q in default_queries("subset", n_per_class=(5,))] == ["shapes-rgb"]
     qs = default_queries("new", n_per_class=(5, 20), seeds=(0, 1))
     assert len(qs) == len(NEW_TASKS) * 4 and all(q.kind == "new" for q in qs)
     assert len({q.key for q in qs}) == len(qs)

@@ -151,6 +151,18 @@ def test_signature_and_index_stages_resume(tiny_zoo, tmp_path):
         meta = index.get(row["id"])
         assert (meta["name"], meta["task"], meta["arch"], meta["params"]) == (row["name"], row["task"], row["arch"], row["params"])
         assert np.allclose(index.vector(row["id"]), enc.encode_signature(zoo.signature(row["id"])), atol=1e-6)
+    assert index.encoder_id == enc.id
+    index.close()
+    # retrained encoders must not grow an index of the old ones' vectors: a clear error naming both ids
+    from proxylab.retrieval.index import EncoderMismatchError
+
+    torch.manual_seed(1)
+    retrained = Encoders(extractor_id="fx-test-b", extractor=other)
+    with pytest.raises(EncoderMismatchError) as err:
+        build_index(copy, progress=False, encoders=retrained)
+    assert enc.id in str(err.value) and retrained.id in str(err.value) and "delete ZOO/index" in str(err.value)
+    shutil.rmtree(copy / "index")
+    assert build_index(copy, progress=False, encoders=retrained) == 2  # the advised fix works
 
 
 _KILL_SCRIPT = """
