@@ -97,6 +97,8 @@ def best_known_proxy(tables) -> dict:
 
     loaded = [load_table(name) for name in tables]
     best, fitness, _ = best_known(loaded, [stats_for_table(t) for t in loaded], "mean")
+    if best is None:
+        raise ProxylabError(f"no known proxy is valid on every one of {', '.join(tables)}; run the search instead")
     return {"proxy": best, "select_fitness": fitness, "searched_on": ",".join(tables),
             "search_fitness": "", "run_dir": "", "command": "best known proxy on the select split"}
 

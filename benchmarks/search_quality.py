@@ -21,6 +21,7 @@ with the known proxies as they are now (a known proxy that becomes valid can cha
 
     python benchmarks/search_quality.py                                   # pop 50, 1000 iterations, 5 seeds
     python benchmarks/search_quality.py --settings no_dps,no_csp,no_osp --seeds 3   # reduced ablations
+    python benchmarks/search_quality.py --settings leave_one_out --fitness min      # transfer, worst-table fitness
 """
 from __future__ import annotations
 
@@ -274,9 +275,10 @@ def main(argv=None) -> int:
     if runs:
         runs = with_known(runs, known)
         write_csv(out, runs)
-        same = [r for r in runs if (r["pop"], r["iters"], r["space"], r["fitness"], r["select_by"]) ==
-                (args.pop, args.iters, args.space, args.fitness, args.select_by)]
-        write_csv(summary_path, summarise(same, args.planned_seeds))
+        budget = [r for r in runs if (r["pop"], r["iters"], r["space"]) == (args.pop, args.iters, args.space)]
+        same = [r for r in budget if (r["fitness"], r["select_by"]) == (args.fitness, args.select_by)]
+        # the summary keeps every fitness / select rule run at this budget, one line each (fitness is a column)
+        write_csv(summary_path, summarise(budget, args.planned_seeds))
         write_csv(Path(args.wall_out), screening_and_wall(same))
         print(f"wrote {out}, {summary_path}, {args.wall_out}")
     return 0

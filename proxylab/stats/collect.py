@@ -163,7 +163,10 @@ def _relu_for_bounded_(model: nn.Module) -> None:
 
 
 def has_bounded_activation(model: nn.Module) -> bool:
-    """True when the network has a ReLU6/Hardtanh, whose SynFlow gradient the ReLU substitution changes."""
+    """True when the network has a ReLU6/Hardtanh module, whose SynFlow gradient the ReLU substitution changes.
+
+    Modules only: a functional F.relu6 inside a forward, or another saturating module (Hardsigmoid), is neither
+    detected nor substituted, and its layers' SynFlow gradient can still vanish."""
     return any(isinstance(m, nn.Hardtanh) for m in model.modules())
 
 

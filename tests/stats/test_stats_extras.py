@@ -173,3 +173,15 @@ def test_a_full_cache_hit_runs_no_forward_pass(tmp_path):
     again = compute_stats(net, x, y, batch_size=8, hessian=False, cache_dir=tmp_path)
     assert again.meta["cache_hit"] and not calls
     np.testing.assert_array_equal(again.synflow_log(), first.synflow_log())
+
+
+def test_networks_without_bounded_activations_keep_their_pre_fix_cache_key():
+    """Pinned: this key is what commit 3564348 (before the ReLU6 fix) computed for the same network and batch,
+    so every cached entry of a ReLU network (the ResNet tables') stays valid."""
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).eval()
+    with torch.no_grad():
+        for i, p in enumerate(net.parameters()):
+            p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape) * (0.5 + 0.1 * i))
+    x, y = torch.linspace(0, 1, 8 * 36).reshape(8, 1, 6, 6), torch.arange(8) % 3
+    st = compute_stats(net, x, y, batch_size=8, hessian=False)
+    assert st.key == "9243ad07eda39c8faf60f5f5aa9b67575a404f4bfa58e0d69f57430afc06a7c5"
