@@ -28,8 +28,12 @@ Definitions
   query-level recall; = Hit@k). best_in_top5: the fraction whose oracle-best model is in the top 5.
 - top1_task (same_task, subset_task): the fraction of queries whose top-1 model was trained on the query's
   (parent) task.
-- weighted_tau: scipy.stats.weightedtau between the method's scores (minus rank position for the two-stage
-  methods) and the oracle accuracies over all indexed models, averaged over queries.
+- Two-stage methods are tie-aware too: LEEP/NCE ties among the re-ranked models and index-score ties in the
+  rest count in expectation, and when index scores tie at the 10th place every equally likely choice of the
+  tied models to re-rank is scored and averaged (proxylab.retrieval.evaluate.top_k_draws).
+- weighted_tau: scipy.stats.weightedtau between the method's scores (for the two-stage methods: the re-ranked
+  models' LEEP/NCE ranks above the rest's index-score ranks, ties kept) and the oracle accuracies over all
+  indexed models, averaged over queries.
 - ndcg_at_5: NDCG@5 with gain = oracle accuracy min-max scaled over the indexed models of the query.
 - regret: best oracle accuracy minus the oracle accuracy of the method's top-1 model.
 - calls_per_query: images sent to zoo models (a call = one image); latency_ms_median: per query, query
@@ -78,6 +82,42 @@ def check_targets(summary, rerank_k: int):
     return rows
 
 
+def latency_comparison(zoo_dir, other_file: str, queries, repeats: int = 3):
+    """Median query latency (encode + search over the held-out models) of the shipped encoders and of the
+    encoders in `other_file` (e.g. a previous release's), timed alternately query by query in ONE process, so
+    machine load inflates both alike: their ratio is the comparable figure. Rows: encoders, id, median, ratio."""
+    import time
+
+    import numpy as np
+
+    from proxylab.retrieval.encoders import Encoders
+    from proxylab.retrieval.index import ModelIndex
+    from proxylab.retrieval.train_encoders import split_models
+    from proxylab.retrieval.zoo import index_metadata, load_zoo
+
+    zoo = load_zoo(zoo_dir)
+    ids = split_models(zoo.manifest)[1]
+    named = {"shipped": Encoders.default(), "other": Encoders.load(other_file)}
+    indexes = {}
+    for name, enc in named.items():
+        idx = ModelIndex.create(None, enc.dim, encoder_id=enc.id)
+        for i in ids:
+            idx.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i, encoder_id=enc.id)
+        indexes[name] = idx
+    supports = [spec.load()[0] for spec in queries]
+    times = {name: [] for name in named}
+    for _ in range(repeats):
+        for sx, sy in supports:
+            for name, enc in named.items():  # alternate, so both see the same load
+                t0 = time.perf_counter()
+                indexes[name].search(enc.encode_query(sx, sy.numpy()), k=len(ids), encoder_id=enc.id)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    base = float(np.median(times["other"]))
+    return [{"encoders": name if name == "shipped" else f"other ({other_file})", "encoder_id": named[name].id,
+             "queries_timed": len(times[name]), "latency_ms_median": float(np.median(times[name])),
+             "ratio_to_other": float(np.median(times[name])) / base} for name in named]
+
+
 def _write(path: Path, columns, rows) -> None:
     write_csv(path, rows, columns, float_format=lambda v: round(v, 6), lineterminator="\n")
 
@@ -94,9 +134,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--rerank-k", type=int, default=10)
     parser.add_argument("--out", default=str(RESULTS / "retrieval.csv"))
+    parser.add_argument("--latency-vs", metavar="ENCODERS_FILE",
+                        help="also time the query path of the shipped encoders against these (alternately, in this "
+                             "run) and write retrieval_latency_compare.csv")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the machine is shared; timings are per single thread
     queries = default_queries("all", [int(s) for s in args.shots.split(",")], [int(s) for s in args.seeds.split(",")])
+    if args.latency_vs:
+        rows = latency_comparison(args.zoo, args.latency_vs, queries)
+        path = Path(args.out).with_name(Path(args.out).stem + "_latency_compare.csv")
+        _write(path, list(rows[0]), rows)
+        for r in rows:
+            print(f"latency {r['encoders']}: median {r['latency_ms_median']:.2f} ms, x{r['ratio_to_other']:.3f}",
+                  file=sys.stderr)
     summary, per_query = evaluate_zoo(args.zoo, queries=queries, rerank_k=args.rerank_k)
     kind_order = {"same_task": 0, "new_task": 1, "subset_task": 2}
     summary.sort(key=lambda r: (kind_order.get(r["query_kind"], 3), r["method"]))

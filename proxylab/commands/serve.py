@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -47,31 +48,71 @@ def copy_of_shipped_index(cache: Path | None = None) -> Path:
     return target
 
 
-def _index_dim(folder: Path) -> int:
+def _index_facts(folder: Path) -> dict:
+    """dim, encoder_id (None when not recorded), model names; dim -1 when unreadable."""
     import sqlite3
 
     # immutable: a read-only open of a WAL database would still create -wal/-shm files beside it (the package's)
     from proxylab.retrieval.index import DB_NAME
 
+    facts: dict = {"dim": -1, "encoder_id": None, "names": set()}
     conn = sqlite3.connect(f"file:{folder / DB_NAME}?immutable=1", uri=True)
     try:
-        (value,) = conn.execute("SELECT value FROM meta WHERE key='dim'").fetchone()
-        return int(value)
-    except (sqlite3.Error, TypeError, ValueError):
-        return -1  # unreadable: let the index's own open report what is wrong
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        facts["dim"] = int(meta["dim"])
+        facts["encoder_id"] = meta.get("encoder_id")
+        facts["names"] = {name for (name,) in conn.execute("SELECT name FROM models")}
+    except (sqlite3.Error, KeyError, TypeError, ValueError):
+        facts["dim"] = -1  # unreadable: let the index's own open report what is wrong
     finally:
         conn.close()
+    return facts
 
 
 def _check_copy_matches(source: Path, target: Path) -> None:
-    """A copy made by an older proxylab holds vectors of older encoders: say so at start, never delete it (it may
-    hold the user's own registrations)."""
-    have, want = _index_dim(target), _index_dim(source)
-    if have > 0 and want > 0 and have != want:
-        raise ProxylabError(f"the zoo index copy at {target} holds {have}-d vectors from an older proxylab, but the "
-                            f"shipped encoders make {want}-d ones: move or delete that folder to start again from the "
-                            "shipped zoo (models you registered there would have to be registered again), or serve it "
-                            "with the encoders it was built with (--index DIR --encoders FILE)")
+    """A copy made by an older proxylab holds vectors of older encoders: refuse it at start, never delete it
+    silently (it may hold the user's own registrations).
+
+    Older encoders show either as another dimension or, with the same dimension (retrained encoders), as a copy
+    recording no or another encoder id while the shipped index records one: the dimension alone would let old
+    and new vectors mix. A copy that holds nothing but shipped models (no registrations of the user) is only a
+    stale cache: it is replaced by a fresh copy, and the start says so."""
+    have, want = _index_facts(target), _index_facts(source)
+    if have["dim"] > 0 and want["dim"] > 0 and have["dim"] != want["dim"]:
+        raise ProxylabError(f"the zoo index copy at {target} holds {have['dim']}-d vectors from an older proxylab, "
+                            f"but the shipped encoders make {want['dim']}-d ones: move or delete that folder to start "
+                            "again from the shipped zoo (models you registered there would have to be registered "
+                            "again), or serve it with the encoders it was built with (--index DIR --encoders FILE)")
+    if have["dim"] < 0 or want["dim"] < 0 or want["encoder_id"] is None or have["encoder_id"] == want["encoder_id"]:
+        return
+    if not have["names"]:
+        return  # an empty copy holds no vectors to mix up
+    mine = sorted(have["names"] - want["names"])
+    made_by = f"encoders {have['encoder_id']}" if have["encoder_id"] else "unrecorded (older) encoders"
+    if not mine:
+        _replace_copy(source, target)
+        print(f"proxylab serve: the zoo index copy at {target} held vectors of {made_by} and no registrations of "
+              f"yours; replaced it with a fresh copy of the shipped zoo (encoders {want['encoder_id']})",
+              file=sys.stderr)
+        return
+    raise ProxylabError(f"the zoo index copy at {target} holds vectors of {made_by}, but the shipped zoo and encoders "
+                        f"are {want['encoder_id']}: their vectors are not comparable. It holds {len(mine)} models "
+                        f"you registered (e.g. '{mine[0]}'), so it is kept: move or delete that folder to start "
+                        "again from the shipped zoo (register those models again there), or serve it with the "
+                        "encoders it was built with (--index DIR --encoders FILE)")
+
+
+def _replace_copy(source: Path, target: Path) -> None:
+    """Swap a stale copy for a fresh one: copy beside it, rename the old one away, rename the new one in."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index."))
+    shutil.copytree(source, tmp, dirs_exist_ok=True)
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index.stale."))
+    try:
+        os.replace(target, old / "zoo_index")
+        os.replace(tmp, target)
+    except OSError:  # another start replaced it first; its copy is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def encoders_factory(encoders_file, extractor_file):
@@ -140,9 +181,17 @@ class Serve(Command):
 
         if not 0 <= args.port <= 65535:
             raise ProxylabError(f"--port must lie in 0..65535, got {args.port}")
-        for flag in ("max_body_mb", "fetch_seconds", "fetch_max_mb"):
-            if not getattr(args, flag) > 0:  # NaN fails too
-                raise ProxylabError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+        from proxylab.service.app import MAX_BODY_BYTES
+        from proxylab.service.fetch import MAX_FETCH_BYTES, MAX_FETCH_SECONDS
+
+        # finite and capped here, so inf or 1e300 is one clear line, not an OverflowError at int() or a
+        # watchdog timer that dies in its thread
+        caps = {"max_body_mb": MAX_BODY_BYTES / (1 << 20), "fetch_seconds": MAX_FETCH_SECONDS,
+                "fetch_max_mb": MAX_FETCH_BYTES / (1 << 20)}
+        for flag, cap in caps.items():
+            value = getattr(args, flag)
+            if not (math.isfinite(value) and 0 < value <= cap):  # NaN fails too
+                raise ProxylabError(f"--{flag.replace('_', '-')} must be positive and at most {cap:g}, got {value}")
         index = Path(args.index) if args.index else copy_of_shipped_index()
         tokens = load_tokens(args.tokens)
         app = create_app(index, tokens=tokens, open_reads=not args.private,

@@ -16,6 +16,7 @@ _EXPORTS = {
     "serve_model": "proxylab.retrieval.model_server",
     "ModelIndex": "proxylab.retrieval.index", "Hit": "proxylab.retrieval.index",
     "INDEX_KINDS": "proxylab.retrieval.index", "EncoderMismatchError": "proxylab.retrieval.index",
+    "LegacyIndexError": "proxylab.retrieval.index", "adopt_if_vectors_match": "proxylab.retrieval.legacy",
     "leep": "proxylab.retrieval.rerank", "nce": "proxylab.retrieval.rerank", "logme": "proxylab.retrieval.rerank",
     "hscore": "proxylab.retrieval.rerank", "rerank": "proxylab.retrieval.rerank",
     "Task": "proxylab.retrieval.tasks", "QuerySpec": "proxylab.retrieval.tasks",

@@ -31,8 +31,13 @@ Metrics per query, averaged per (method, query kind)
 - ``top1_task`` (same_task, subset_task): 1 when the top-ranked model was trained on the query's (parent) task.
 - ``recall_at_k`` (TANS's query-level recall, = Hit@k): 1 when at least one relevant model is in the top k.
 - ``best_in_top5``: 1 when an oracle-best model (highest accuracy on the query task) is in the top 5.
-- ``weighted_tau``: scipy's weighted Kendall tau between the method's scores (or minus its rank positions
-  for two-stage methods) and the oracle accuracies over all evaluated models.
+- Two-stage methods are tie-aware in both stages: the re-ranked top K are ordered by LEEP/NCE with equal
+  scores tied, the rest by index score with equal scores tied (``two_stage_scores``); when index scores tie
+  at the K-th place, which models get re-ranked depends on that order, so every metric is averaged over all
+  equally likely choices of the tied models (``top_k_draws``; above MAX_CUT_DRAWS choices, that many seeded
+  uniform draws: the only case where a figure is a sampled rather than an exact expectation).
+- ``weighted_tau``: scipy's weighted Kendall tau between the method's scores (for two-stage methods the
+  tie-preserving stage ranks above) and the oracle accuracies over all evaluated models.
 - ``ndcg_at_5``: NDCG@5 with gain = the oracle accuracy min-max scaled over the evaluated models per query.
 - ``regret``: best oracle accuracy minus the oracle accuracy of the top-ranked model.
 - ``calls_per_query``: images sent to zoo models (support images x models run).
@@ -185,30 +190,77 @@ def query_metrics(r: Ranking, kind: str, task: str, model_task: Dict[int, str], 
     }
 
 
-def positions_as_scores(ids: Sequence[int]) -> np.ndarray:
-    """Scores that reproduce a ranking: the first id gets the highest (len - position)."""
-    return np.arange(len(ids), 0, -1, dtype=np.float64)
-
-
 def rank_by(scores: Dict[int, float]) -> List[int]:
     """Ids by descending score, ties by ascending id (deterministic)."""
     return sorted(scores, key=lambda i: (-scores[i], i))
 
 
+MAX_CUT_DRAWS = 256  # two-stage: tie patterns at the top-K cut up to this many are enumerated, beyond sampled
+
+
+def two_stage_scores(stage1: Sequence[Tuple[int, float]], stage2: Dict[int, float]) -> Tuple[List[int], np.ndarray]:
+    """One two-stage ranking as ids + scores whose ties are exactly the ranking's ties: the re-ranked models
+    (`stage2`: id -> LEEP/NCE score) first, ordered by that score, then the rest of `stage1` ((id, index score),
+    best first) by index score. Scores are dense ranks of (stage, score), so equal scores within a stage tie,
+    and nothing ties across stages (a re-ranked model always precedes the rest)."""
+    keys = [(1, float(stage2[i])) for i in stage2] + [(0, float(sc)) for i, sc in stage1 if i not in stage2]
+    ids = list(stage2) + [i for i, _ in stage1 if i not in stage2]
+    order = sorted(range(len(ids)), key=lambda n: (-keys[n][0], -keys[n][1], ids[n]))
+    dense = {key: float(r) for r, key in enumerate(sorted(set(keys)), start=1)}
+    return [ids[n] for n in order], np.array([dense[keys[n]] for n in order])
+
+
+def top_k_draws(stage1: Sequence[Tuple[int, float]], k: int, seed: int = 0) -> List[List[int]]:
+    """The equally likely sets of models that enter a top k cut by `stage1` ((id, score), best first) when
+    tied models are in random order: one set, unless a tie group straddles the cut, then every choice of its
+    members for the free places (at most MAX_CUT_DRAWS; beyond that, that many seeded uniform draws)."""
+    import itertools
+
+    ids = [i for i, _ in stage1]
+    groups = tie_groups(ids, [sc for _, sc in stage1])
+    head: List[int] = []
+    for g in groups:
+        free = k - len(head)
+        if free <= 0:
+            break
+        if len(g) <= free:
+            head.extend(g)
+            continue
+        if math.comb(len(g), free) <= MAX_CUT_DRAWS:
+            return [head + list(c) for c in itertools.combinations(sorted(g), free)]
+        rng = np.random.default_rng(seed)
+        return [head + [int(x) for x in rng.choice(sorted(g), size=free, replace=False)] for _ in range(MAX_CUT_DRAWS)]
+    return [head]
+
+
 def two_stage(index_ids: Sequence[int], probs: Dict[int, np.ndarray], labels: np.ndarray, k: int,
-              method: str) -> Tuple[List[int], int]:
-    """The index's top k re-sorted by LEEP/NCE on cached probabilities (ties keep index order), then the rest.
+              method: str, index_scores: Optional[Sequence[float]] = None) -> Tuple[List[Tuple[List[int], np.ndarray]], int]:
+    """The index's top k re-scored by LEEP/NCE on cached probabilities, then the rest in index order, as the
+    equally likely (ids, tie-preserving scores) rankings of ``two_stage_scores`` (one per choice of the models
+    that enter the top k when index scores tie at the cut: ``top_k_draws``), and the calls spent.
 
     Equivalent to ``rerank.rerank`` on the same models and images (tested), minus re-running the models.
-    """
+    `index_scores` default: strictly decreasing (no ties)."""
     from proxylab.retrieval.rerank import RERANKERS
 
     fn = RERANKERS.get(method)
-    top = list(index_ids[:k])
-    score = {i: fn(probs[i], labels) for i in top}
-    order = sorted(range(len(top)), key=lambda n: (-score[top[n]], n))
-    n_images = int(len(labels))
-    return [top[n] for n in order] + list(index_ids[k:]), n_images * len(top)
+    scores = (np.arange(len(index_ids), 0, -1, dtype=np.float64) if index_scores is None
+              else np.asarray(index_scores, dtype=np.float64))
+    stage1 = list(zip(index_ids, scores.tolist()))
+    cache: Dict[int, float] = {}
+    out = []
+    for top in top_k_draws(stage1, k):
+        for i in top:
+            if i not in cache:
+                cache[i] = float(fn(probs[i], labels))
+        out.append(two_stage_scores(stage1, {i: cache[i] for i in top}))
+    # calls: each draw runs k models on the support set (the models a real query would call)
+    return out, int(len(labels)) * min(k, len(stage1))
+
+
+def mean_metrics(rows: List[Dict[str, float]]) -> Dict[str, float]:
+    """Metric-wise mean over equally likely rankings (the expectation over tie orders at a two-stage cut)."""
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
 def summarize(per_query: List[Dict]) -> List[Dict]:
@@ -283,10 +335,12 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
         rng = np.random.default_rng([int(seed), qn])
         answers: Dict[str, Ranking] = {
             "proxylab": Ranking(index_ids, np.array([h.score for h in hits]), 0, index_ms)}
+        draws: Dict[str, List[Ranking]] = {}
         for method in ("leep", "nce"):
-            ranked, calls = two_stage(index_ids, probs, labels, rerank_k, method)
+            variants, calls = two_stage(index_ids, probs, labels, rerank_k, method, [h.score for h in hits])
             spent = index_ms + sum(model_ms[i] for i in index_ids[:rerank_k])
-            answers[f"proxylab+{method}@{rerank_k}"] = Ranking(ranked, positions_as_scores(ranked), calls, spent)
+            draws[f"proxylab+{method}@{rerank_k}"] = [Ranking(ids_, sc, calls, spent) for ids_, sc in variants]
+            answers[f"proxylab+{method}@{rerank_k}"] = draws[f"proxylab+{method}@{rerank_k}"][0]
         rand = {i: float(s) for i, s in zip(ids, rng.random(len(ids)))}
         answers["random"] = Ranking(rank_by(rand), np.array(sorted(rand.values(), reverse=True)), 0, 0.0)
         largest = rank_by({i: float(params[i]) for i in ids})
@@ -297,7 +351,8 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
             ranked = rank_by(s)
             answers[name] = Ranking(ranked, np.array([s[i] for i in ranked]), n_img * len(ids), brute_ms)
         for method, r in answers.items():
-            m = query_metrics(r, spec.kind, spec.task, model_task, acc)
+            m = mean_metrics([query_metrics(v, spec.kind, spec.task, model_task, acc)
+                              for v in draws.get(method, [r])])
             per_query.append({"method": method, "query_kind": KINDS[spec.kind], "query": spec.key, "task": spec.task,
                               "shots": spec.n_per_class, "top1_id": r.ids[0], **m})
         if progress:

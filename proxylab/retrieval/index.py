@@ -16,8 +16,12 @@ that must not write, e.g. an index inside an installed package).
 Encoder id: vectors are comparable only with vectors (and queries) from the same encoders, so the index
 records the id of the encoders that made its vectors (meta key ``encoder_id``, e.g. ``Encoders.id``). Writers and
 readers that pass ``encoder_id=`` (``create``, ``open``, ``add``/``add_many``, ``search``) are checked against it
-and get an ``EncoderMismatchError`` naming both ids; an EMPTY index takes on the id of whoever writes first. An
-index made before ids were recorded opens with a warning and records the id at its next write that names one.
+and get an ``EncoderMismatchError`` naming both ids; an EMPTY index takes on the id of whoever writes first, and
+so does an index made by this version that holds only raw vectors. An index made BEFORE ids were recorded (no
+``encoder_ids`` meta row: ``index.legacy``) may hold vectors of older encoders with the same dimension (the shipped
+encoders were retrained), so it never takes on an id by itself: it opens with a warning, and a write naming
+encoders raises ``LegacyIndexError`` until the caller has checked that stored vectors re-encode to themselves and
+calls ``adopt_encoder`` (``proxylab.retrieval.legacy.adopt_if_vectors_match`` does both), or rebuilds the index.
 Vectors added without an ``encoder_id`` (e.g. raw vectors a client computed) are not checked.
 
 Filters go INSIDE the FAISS search (``SearchParameters(sel=IDSelectorBatch(...))``), so a filtered query
@@ -53,6 +57,10 @@ _INT64_MAX = 2**63 - 1
 
 class EncoderMismatchError(ProxylabError):
     """The index's vectors were made by other encoders than the ones in use: queries would be meaningless."""
+
+
+class LegacyIndexError(EncoderMismatchError):
+    """A write naming encoders on a non-empty index made before encoder ids were recorded (see the module doc)."""
 
 
 class LegacyIndexWarning(UserWarning):
@@ -407,6 +415,7 @@ class ModelIndex:
         self._allowed_cache: Dict[Any, tuple] = {}  # filter key -> (selector, allowed ids)
         self.read_only = False
         self._encoder_id: Optional[str] = None
+        self._tracks_encoders = True  # False: made before encoder ids were recorded (no 'encoder_ids' meta row)
         self._legacy_warned = False
 
     # ------------------------------------------------------------------ encoder id
@@ -422,7 +431,7 @@ class ModelIndex:
         encoder_id = _check_encoder_id(encoder_id)
         if encoder_id is None or self._encoder_id is None or encoder_id == self._encoder_id or not self._meta:
             return
-        where = f"index '{self.path}'" if self.path is not None else "this in-memory index"
+        where = self._where()
         raise EncoderMismatchError(
             f"{where} holds {len(self._meta)} vectors made by encoders {self._encoder_id}, but it was {action} with "
             f"encoders {encoder_id}; vectors of different encoders are not comparable. Re-encode: rebuild the index "
@@ -430,17 +439,53 @@ class ModelIndex:
             "shipped index: `python -m proxylab.retrieval.train_encoders --zoo ZOO --index-only`; a service: "
             "re-register its models), or use the encoders the index was built with (--encoders FILE)")
 
+    @property
+    def legacy(self) -> bool:
+        """True for a NON-EMPTY index made before encoder ids were recorded that records none yet: its vectors'
+        encoders are unknown (they may be older encoders of the same dimension)."""
+        return not self._tracks_encoders and self._encoder_id is None and bool(self._meta)
+
+    def _where(self) -> str:
+        return f"index '{self.path}'" if self.path is not None else "this in-memory index"
+
+    def refuse_legacy(self, encoder_id: str) -> None:
+        raise LegacyIndexError(
+            f"{self._where()} was made before proxylab recorded encoder ids: which encoders made its {len(self._meta)} "
+            f"vectors is unknown (the shipped encoders have been retrained since, with the same dimension), so vectors "
+            f"of encoders {encoder_id} are not added to it. Rebuild it with the current encoders (a zoo index: delete "
+            "ZOO/index and rerun `proxylab zoo build --out ZOO`, which keeps the old index instead when its stored "
+            "signatures re-encode to its vectors; a service: re-register its models in a new index), or serve it "
+            "with the encoders it was built with (--encoders FILE)")
+
+    def adopt_encoder(self, encoder_id: str) -> None:
+        """Record `encoder_id` on an index that records none. ONLY for a caller that has checked that the stored
+        vectors are these encoders' (``legacy.adopt_if_vectors_match``); a different recorded id is refused."""
+        encoder_id = _check_encoder_id(encoder_id)
+        if encoder_id is None:
+            raise ProxylabError("adopt_encoder needs an encoder id (e.g. Encoders.id)")
+        self._writable()
+        with self._write_mutex:
+            self.check_encoder(encoder_id, "adopted")
+            if self._encoder_id == encoder_id and self._tracks_encoders:
+                return
+            with self._conn:
+                self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                       [("encoder_id", encoder_id), ("encoder_ids", "recorded")])
+            self._encoder_id = encoder_id
+            self._tracks_encoders = True
+
     def _warn_legacy(self, encoder_id: str) -> None:
         if self._legacy_warned:
             return
         self._legacy_warned = True
         import warnings
 
-        where = f"index '{self.path}'" if self.path is not None else "this in-memory index"
+        where = self._where()
         warnings.warn(f"{where} was made before proxylab recorded encoder ids: which encoders made its {len(self._meta)} "
-                      f"vectors is unknown; assuming encoders {encoder_id}" +
-                      ("" if self.read_only else " (recorded at the next write)") +
-                      ". If the results look wrong, rebuild the index with the current encoders.",
+                      f"vectors is unknown (they may be older encoders'); searching it with encoders {encoder_id} "
+                      "gives meaningless results unless they made it. Writes naming encoders are refused until "
+                      "the index is rebuilt or its stored signatures are shown to re-encode to its vectors "
+                      "(`proxylab zoo build`/`zoo add` do that check in a zoo folder).",
                       LegacyIndexWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ construction
@@ -468,7 +513,7 @@ class ModelIndex:
         with conn:
             conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
                 ("format_version", str(FORMAT_VERSION)), ("dim", str(int(dim))), ("kind", kind),
-                ("options", json.dumps(options)), ("revision", "0"), ("next_id", "0")])
+                ("options", json.dumps(options)), ("revision", "0"), ("next_id", "0"), ("encoder_ids", "recorded")])
             if encoder_id is not None:
                 conn.execute("INSERT INTO meta(key, value) VALUES ('encoder_id', ?)", (encoder_id,))
         index = cls(conn, folder, int(dim), kind, options)
@@ -516,6 +561,7 @@ class ModelIndex:
         index = cls(conn, folder, dim, kind, options)
         index.read_only = bool(read_only)
         index._encoder_id = meta.get("encoder_id")
+        index._tracks_encoders = "encoder_ids" in meta
         for row in rows:
             index._load_row(row)
         try:
@@ -523,7 +569,7 @@ class ModelIndex:
         except EncoderMismatchError:
             conn.close()
             raise
-        if encoder_id is not None and index._encoder_id is None and rows:
+        if encoder_id is not None and index.legacy:
             index._warn_legacy(encoder_id)
         index._index = index._load_faiss(meta)
         return index
@@ -655,8 +701,8 @@ class ModelIndex:
         with self._write_mutex:  # only writers change state, and they queue here: no reader lock needed to check
             self.check_encoder(encoder_id, "grown")
             record = encoder_id is not None and encoder_id != self._encoder_id
-            if record and self._encoder_id is None and self._meta:
-                self._warn_legacy(encoder_id)
+            if record and self.legacy:  # never take on an id over vectors of unknown encoders
+                self.refuse_legacy(encoder_id)
             names = [m["name"] for m in metas]
             seen: set = set()
             for n in names:
@@ -685,8 +731,8 @@ class ModelIndex:
                 with self._conn:  # one transaction: committed before FAISS changes, rolled back on error
                     self._conn.executemany("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                     if record:  # in the same transaction as the vectors it describes
-                        self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('encoder_id', ?)",
-                                           (encoder_id,))
+                        self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                               [("encoder_id", encoder_id), ("encoder_ids", "recorded")])
                     self._bump(new_next)
             except sqlite3.IntegrityError as e:  # a race with another process writing the same file
                 raise ProxylabError(f"cannot add: {e}") from None
@@ -703,6 +749,7 @@ class ModelIndex:
                     raise
                 if record:
                     self._encoder_id = encoder_id
+                    self._tracks_encoders = True
                 for mid, md, vec in zip(ids, metas, checked):
                     self._meta[mid] = md
                     self._vectors[mid] = vec

@@ -402,7 +402,9 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
     """Add every signed model missing from zoo_dir/index (created on first use); returns how many were added.
     `encoders` default: the shipped ones. Skipped (0) while the index or the shipped encoders are not available.
     Models already indexed keep their vectors; the index records the encoders' id, so after retraining the
-    encoders this raises EncoderMismatchError (delete zoo_dir/index and rerun to re-encode every model)."""
+    encoders this raises EncoderMismatchError (delete zoo_dir/index and rerun to re-encode every model). An
+    index made before ids were recorded is kept only when its stored signatures re-encode to its vectors
+    (``legacy.adopt_if_vectors_match``); otherwise the same error."""
     try:
         from proxylab.retrieval.encoders import Encoders
         from proxylab.retrieval.index import ModelIndex
@@ -415,6 +417,14 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
     encoder_id = encoders.id
     idx = (ModelIndex.open(str(path), encoder_id=encoder_id) if _has_index(path)
            else ModelIndex.create(str(path), encoders.dim, encoder_id=encoder_id))
+    if idx.legacy:
+        from proxylab.retrieval.legacy import adopt_if_vectors_match
+
+        try:
+            adopt_if_vectors_match(idx, Path(zoo_dir) / "signatures", encoders)
+        except ProxylabError:
+            idx.close()
+            raise
     present = {m["name"] for m in idx.list()}
     added = 0
     for row in zoo.manifest:

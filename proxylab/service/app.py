@@ -31,7 +31,7 @@ from proxylab.errors import ProxylabError, require
 from proxylab.service import openapi_bodies as bodies
 from proxylab.service.auth import AuthError, TokenChecker
 from proxylab.service.body_limit import BodyLimitMiddleware, BodyTooLarge
-from proxylab.service.fetch import DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_SECONDS
+from proxylab.service.fetch import DEFAULT_FETCH_MAX_BYTES
 from proxylab.service.metrics import Metrics, MetricsMiddleware
 from proxylab.service.payloads import (INT64_MAX, MAX_K, RERANK_METHODS, check_int, check_samples, check_url,
                                        check_vector, load_npz, loads_json, parse_filters, parse_k, parse_metadata)
@@ -40,6 +40,7 @@ from proxylab.service.store import Conflict, NotFound, Unavailable, ZooStore, hi
 log = logging.getLogger("proxylab.service")
 API_VERSION = "v1"
 DEFAULT_MAX_BODY = 32 << 20
+MAX_BODY_BYTES = 4 << 30  # a sane cap: an upload is held in memory, and unpacked up to 4x its size
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -140,15 +141,18 @@ def _parse_bool(text: str, what: str) -> bool:
 
 def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: bool = True,
                max_body_bytes: int = DEFAULT_MAX_BODY, encoders: Any = None, dim: Optional[int] = None,
-               kind: str = "flat", fetch_seconds: float = DEFAULT_FETCH_SECONDS,
-               fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, search_threads: Optional[int] = 1) -> FastAPI:
+               kind: str = "flat", fetch_seconds: Optional[float] = None,
+               fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, search_threads: Optional[int] = 1,
+               probe_timeout: Optional[float] = None) -> FastAPI:
     """The ASGI app serving the index in ``index_dir`` (created empty when the folder holds none).
 
     tokens: token -> "read" | "write" (see proxylab.service.auth); open_reads=False closes reads to read tokens.
     encoders: Encoders object or factory (default: the shipped ones, loaded on first need).
     dim/kind: for a new index only (dim defaults to the encoders' dimension).
     fetch_seconds / fetch_max_bytes: limits on the service's own calls to model servers (URL registration,
-    re-ranking): seconds spent waiting on them per request in total, bytes per answer (proxylab.service.fetch).
+    re-ranking): seconds spent waiting on them per request in total (default 30), bytes per answer
+    (proxylab.service.fetch). probe_timeout: fetch_seconds' deprecated name (a DeprecationWarning; it was a
+    per-call timeout, it now bounds all of a request's calls together).
     search_threads: FAISS OpenMP threads per search (None leaves FAISS's default). The service's parallelism
     comes from concurrent requests (FAISS releases the GIL), and OpenMP teams inside each search then fight
     over the cores: on a busy 2-core machine a 10k-vector search took 88 ms with the default and 0.34 ms
@@ -161,9 +165,12 @@ def create_app(index_dir, tokens: Optional[Dict[str, str]] = None, open_reads: b
     checker = TokenChecker(tokens or {}, open_reads=open_reads)
     require(open_reads or len(checker) > 0, "--private closes reads to token holders, but no tokens are configured: "
                                             "give --tokens FILE or set PROXYLAB_TOKENS")
-    require(isinstance(max_body_bytes, int) and max_body_bytes > 0, "max_body_bytes must be a positive integer")
+    require(isinstance(max_body_bytes, int) and not isinstance(max_body_bytes, bool)
+            and 0 < max_body_bytes <= MAX_BODY_BYTES,
+            f"max_body_bytes must be a positive integer of at most {MAX_BODY_BYTES}, got {max_body_bytes!r}")
     store = ZooStore(index_dir, encoders=encoders, dim=dim, kind=kind, max_array_bytes=4 * max_body_bytes,
-                     fetch_seconds=fetch_seconds, fetch_max_bytes=fetch_max_bytes, search_threads=search_threads)
+                     fetch_seconds=fetch_seconds, fetch_max_bytes=fetch_max_bytes, search_threads=search_threads,
+                     probe_timeout=probe_timeout, _warn_stacklevel=2)
     metrics = Metrics()
     metrics.gauge("proxylab_index_models", lambda: len(store), "models in the served index")
     metrics.gauge("proxylab_uptime_seconds", lambda: time.time() - store.started, "seconds since start")

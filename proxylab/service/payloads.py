@@ -87,9 +87,17 @@ def check_int(value: Any, where: str, lo: int = 0, hi: int = INT64_MAX) -> int:
 
 
 def check_url(value: Any, where: str = "url") -> str:
+    """A model server's base URL: http(s), a host, an optional port and path, nothing else.
+
+    The service appends '/info' and '/predict' to it, so a query (?), a fragment (#) or credentials (user@)
+    would make those calls land elsewhere than the path says (http://host/secret.json# fetches /secret.json):
+    refused, naming the part. Whitespace and control characters are refused too (http.client would refuse them
+    later, less clearly)."""
     from urllib.parse import urlsplit
 
     check_text(value, where, limit=2000)
+    require(not any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value),
+            f"{where} contains whitespace or a control character; give a plain URL such as http://host:8001")
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError on a non-numeric or out-of-range port
@@ -98,6 +106,11 @@ def check_url(value: Any, where: str = "url") -> str:
     require(parts.scheme in ("http", "https") and bool(parts.hostname),
             f"{where} must be an http(s) URL such as http://host:8001, got '{value}'")
     del port
+    for mark, part in (("?", "a query"), ("#", "a fragment")):
+        require(mark not in value, f"{where} holds {part} ('{mark}...'); a model-server URL is a base URL such as "
+                                   "http://host:8001/path, to which the service appends /info and /predict")
+    require("@" not in parts.netloc, f"{where} holds credentials (user:password@); the service sends none: give "
+                                     "the model server's URL without them")
     return value.rstrip("/")
 
 

@@ -17,13 +17,15 @@ import math
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from proxylab.errors import ProxylabError, require
-from proxylab.service.fetch import DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_SECONDS, BoundedHTTPBlackBox, FetchBudget
+from proxylab.service.fetch import (DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_SECONDS, BoundedHTTPBlackBox,
+                                    FetchBudget, check_fetch_max_bytes, check_fetch_seconds)
 from proxylab.service.payloads import check_vector
 
 log = logging.getLogger("proxylab.service")
@@ -71,6 +73,18 @@ def _holds_an_index(path: Path) -> bool:
     return False
 
 
+def fetch_seconds_from(fetch_seconds: Optional[float], probe_timeout: Optional[float], stacklevel: int) -> float:
+    """fetch_seconds, or the deprecated probe_timeout mapped onto it with a DeprecationWarning (both: an error)."""
+    if probe_timeout is None:
+        return check_fetch_seconds(DEFAULT_FETCH_SECONDS if fetch_seconds is None else fetch_seconds)
+    if fetch_seconds is not None:
+        raise ProxylabError("give fetch_seconds only: probe_timeout is its deprecated name")
+    warnings.warn("probe_timeout is deprecated: use fetch_seconds, the seconds one request (a URL registration or "
+                  "a re-ranked query) may spend waiting on model servers, all calls together (probe_timeout was a "
+                  "per-call timeout)", DeprecationWarning, stacklevel=stacklevel + 1)
+    return check_fetch_seconds(probe_timeout, "probe_timeout")
+
+
 def _default_encoders():
     try:
         from proxylab.retrieval.encoders import Encoders
@@ -81,27 +95,31 @@ def _default_encoders():
 
 
 class ZooStore:
-    """A served zoo. ``encoders``: an Encoders object, a zero-argument factory, or None for the shipped ones."""
+    """A served zoo. ``encoders``: an Encoders object, a zero-argument factory, or None for the shipped ones.
+
+    fetch_seconds (default 30, at most fetch.MAX_FETCH_SECONDS) and fetch_max_bytes bound the calls to model
+    servers (see proxylab.service.fetch); probe_timeout is fetch_seconds' deprecated name."""
 
     def __init__(self, index_dir, encoders: Any = None, dim: Optional[int] = None, kind: str = "flat",
-                 max_array_bytes: int = 256 << 20, fetch_seconds: float = DEFAULT_FETCH_SECONDS,
-                 fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, search_threads: Optional[int] = None):
+                 max_array_bytes: int = 256 << 20, fetch_seconds: Optional[float] = None,
+                 fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES, search_threads: Optional[int] = None,
+                 probe_timeout: Optional[float] = None, _warn_stacklevel: int = 1):
         from proxylab.retrieval.index import ModelIndex
 
-        require(isinstance(fetch_seconds, (int, float)) and fetch_seconds > 0,
-                f"fetch_seconds must be a positive number of seconds, got {fetch_seconds!r}")
-        require(isinstance(fetch_max_bytes, int) and fetch_max_bytes > 0,
-                f"fetch_max_bytes must be a positive integer, got {fetch_max_bytes!r}")
+        # checked before anything touches the folder: a bad limit leaves no lock and no new index behind
+        self.fetch_seconds = fetch_seconds_from(fetch_seconds, probe_timeout, _warn_stacklevel + 1)
+        self.fetch_max_bytes = check_fetch_max_bytes(fetch_max_bytes)
         self.path = Path(index_dir).expanduser().resolve()
         self.max_array_bytes = max_array_bytes
         self.search_threads = search_threads
-        self.fetch_seconds = float(fetch_seconds)
-        self.fetch_max_bytes = fetch_max_bytes
         # a ready Encoders object goes through the same first-use checks (dimension, encoder id) as a factory's
         self._encoders_obj = None
         self._encoders_factory: Callable[[], Any] = (
             _default_encoders if encoders is None else encoders if callable(encoders) else (lambda: encoders))
         self._encoders_error: Optional[str] = None
+        # encoders refused only because the index holds other encoders' vectors: kept, and checked again on each
+        # use, so once every such model is deleted (an empty index takes any encoders) they are served
+        self._mismatched = None
         self.encoder_id: Optional[str] = None  # the loaded encoders' id (Encoders.id), set when they load
         self._encoders_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -142,6 +160,8 @@ class ZooStore:
             return self._encoders_obj
         with self._encoders_lock:
             if self._encoders_obj is None:
+                if self._mismatched is not None:
+                    return self._accept_if_index_allows(*self._mismatched)
                 if self._encoders_error is not None:
                     raise Unavailable(self._encoders_error)
                 try:
@@ -157,17 +177,28 @@ class ZooStore:
                                             f"holds {self.index.dim}-d vectors: serve an index built with them")
                     raise Unavailable(self._encoders_error)
                 encoder_id = str(enc.id)  # a hash of the weights: computed once, not per request
-                if hasattr(self, "index"):
-                    from proxylab.retrieval.index import EncoderMismatchError
-
-                    try:
-                        self.index.check_encoder(encoder_id, "served")
-                    except EncoderMismatchError as e:  # an index of other encoders: 503, never mixed vectors
-                        self._encoders_error = str(e)
-                        raise Unavailable(self._encoders_error) from None
-                self.encoder_id = encoder_id
-                self._encoders_obj = enc
+                if not hasattr(self, "index"):  # sizing a new index: nothing to check the id against yet
+                    self.encoder_id, self._encoders_obj = encoder_id, enc
+                else:
+                    self._accept_if_index_allows(enc, encoder_id)
         return self._encoders_obj
+
+    def _accept_if_index_allows(self, enc, encoder_id: str):
+        """Serve ``enc`` unless the index holds vectors of other encoders (503 then, never mixed vectors).
+        Called under the encoders lock; cheap (an id comparison), so a refused service re-checks per request."""
+        from proxylab.retrieval.index import EncoderMismatchError
+
+        try:
+            if self.index.legacy:  # vectors of unknown (possibly older, same-size) encoders: never mix
+                self.index.refuse_legacy(encoder_id)
+            self.index.check_encoder(encoder_id, "served")
+        except EncoderMismatchError as e:
+            self._mismatched, self._encoders_error = (enc, encoder_id), str(e)
+            raise Unavailable(f"{e} (or delete every model of those encoders: an empty index takes any "
+                              "encoders)") from None
+        self._mismatched, self._encoders_error = None, None
+        self.encoder_id, self._encoders_obj = encoder_id, enc
+        return enc
 
     def encoders_state(self) -> str:
         if self._encoders_obj is not None:
@@ -250,7 +281,11 @@ class ZooStore:
                 (new_hit,), spent = rerank([hit], lambda _id, m=model: m, images, labels, method=method)
             except Exception as e:  # noqa: BLE001 - a remote model's failure must not fail the whole query
                 calls += model.calls if model is not None else 0  # images sent before the failure were sent
-                row["rerank"] = f"failed: {type(e).__name__}: {e}"
+                if isinstance(e, ProxylabError):  # our own messages, which never quote a server's answer
+                    row["rerank"] = f"failed: {type(e).__name__}: {e}"
+                else:  # an unforeseen error's text may quote the answer: the operator's log only
+                    log.warning("re-ranking with %s failed: %s: %s", url, type(e).__name__, e)
+                    row["rerank"] = f"failed: {type(e).__name__} (details in the service's log)"
                 kept.append(row)
                 continue
             calls += int(spent)
@@ -318,7 +353,10 @@ class ZooStore:
         except ProxylabError as e:
             raise ProxylabError(f"probing the model server at {url} failed: {e}") from None
         except Exception as e:  # noqa: BLE001 - garbage replies the black box did not foresee: the URL's fault
-            raise ProxylabError(f"could not probe the model server at {url} ({type(e).__name__}: {e}); check "
+            # its message may quote what the server sent (the URL is the client's choice): the operator's log
+            # gets it, the client only its class
+            log.warning("probing %s failed: %s: %s", url, type(e).__name__, e)
+            raise ProxylabError(f"could not probe the model server at {url} ({type(e).__name__}); check "
                                 "that it runs (`proxylab zoo serve-model`) and that this service can reach it") from None
         return self._add_signature(sig, {**metadata, "url": url}, enc, source="url")
 

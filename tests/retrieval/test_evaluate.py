@@ -70,7 +70,9 @@ def test_two_stage_matches_rerank_with_real_black_boxes():
     index_ids = [3, 0, 4, 1, 2]
     probs = {i: TorchBlackBox(nets[i]).predict_proba(x) for i in range(5)}
     for method in ("leep", "nce"):
-        ranked, calls = E.two_stage(index_ids, probs, y, 3, method)
+        variants, calls = E.two_stage(index_ids, probs, y, 3, method)
+        assert len(variants) == 1  # no index ties: one ranking
+        ranked = variants[0][0]
         hits = [Hit(i, 1.0 - 0.1 * n, {"name": str(i)}) for n, i in enumerate(index_ids[:3])]
         boxes = {i: TorchBlackBox(nets[i]) for i in range(5)}
         reranked, spent = rerank(hits, lambda i: boxes[i], x, y, method=method)

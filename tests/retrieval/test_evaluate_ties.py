@@ -115,3 +115,48 @@ def test_subset_queries_are_scored_against_their_parent_task():
     assert m["top1_task"] == 1.0 and m["recall_at_1"] == 1.0 and m["regret"] == pytest.approx(0.3)
     with pytest.raises(ProxylabError, match="no class subset"):
         E.relevant_ids("subset", "shapes-position", tasks, acc)
+
+
+# ------------------------------------------------------------------------------------ two-stage (re-rank) ties
+def _brute_two_stage(ids, scores, stage2, k, fn):
+    """Mean of fn(ranking) over every index order consistent with the index ties, each followed by every
+    order of its top k consistent with the stage-2 ties (nested: each index order is equally likely)."""
+    outer = []
+    for order in _all_orders(ids, list(scores)):
+        top, rest = order[:k], order[k:]
+        top_sorted = sorted(top, key=lambda i: -stage2[i])
+        inner = [fn(list(t) + rest) for t in _all_orders(top_sorted, [stage2[i] for i in top_sorted])]
+        outer.append(np.mean(inner))
+    return float(np.mean(outer))
+
+
+def test_two_stage_metrics_equal_the_mean_over_all_tie_orders_of_both_stages():
+    from proxylab.retrieval.rerank import leep
+
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(3), 4)
+    for case in range(40):
+        n, k = int(rng.integers(3, 8)), int(rng.integers(1, 4))
+        ids, scores, acc = _random_case(rng, n)
+        # probabilities drawn from 2 patterns: models sharing a pattern tie exactly in LEEP
+        patterns = [rng.dirichlet(np.ones(3), size=len(labels)).astype(np.float32) for _ in range(2)]
+        probs = {i: patterns[int(rng.integers(2))] for i in ids}
+        variants, calls = E.two_stage(ids, probs, labels, k, "leep", scores)
+        assert calls == len(labels) * min(k, n)
+        got = E.mean_metrics([E.query_metrics(E.Ranking(v_ids, v_sc, calls, 0.0), "new", "z", dict.fromkeys(ids, "t"), acc)
+                              for v_ids, v_sc in variants])
+        stage2 = {i: float(leep(probs[i], labels)) for i in ids}
+        rel = sorted(_brute_relevant(acc))
+        for key, fn in (("recall_at_1", lambda o: hit_at_k(o, rel, 1)), ("recall_at_5", lambda o: hit_at_k(o, rel, 5)),
+                        ("regret", lambda o: regret(o, acc))):
+            assert got[key] == pytest.approx(_brute_two_stage(ids, scores, stage2, k, fn), abs=1e-12), (case, key)
+
+
+def test_two_stage_scores_never_tie_across_stages_and_sampled_cuts_are_bounded():
+    ranked, sc = E.two_stage_scores([(1, 0.9), (2, 0.5), (3, 0.5), (4, 0.1)], {2: -1.0, 4: -1.0})
+    assert ranked == [2, 4, 1, 3] and sc[0] == sc[1] > sc[2] > sc[3]  # a re-ranked model precedes the rest
+    wide = [(i, 1.0) for i in range(30)]  # C(30, 10) choices at the cut: sampled, deterministically
+    draws = E.top_k_draws(wide, 10)
+    assert len(draws) == E.MAX_CUT_DRAWS and draws == E.top_k_draws(wide, 10)
+    assert all(len(set(d)) == 10 for d in draws)
+    assert E.top_k_draws([(1, 0.9), (2, 0.5), (3, 0.5)], 2) == [[1, 2], [1, 3]]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from proxylab.errors import ProxylabError
-from proxylab.retrieval.index import DB_NAME, EncoderMismatchError, LegacyIndexWarning, ModelIndex
+from proxylab.retrieval.index import DB_NAME, EncoderMismatchError, LegacyIndexError, LegacyIndexWarning, ModelIndex
 
 DIM = 8
 ENC_A, ENC_B = "enc-aaaaaaaaaaaaaaaa", "enc-bbbbbbbbbbbbbbbb"
@@ -92,11 +92,14 @@ def _legacy(tmp_path, n=4):
     idx.add_many(_vecs(n), [{"name": f"m{i}"} for i in range(n)])
     idx.save()
     idx.close()
+    with sqlite3.connect(folder / DB_NAME) as conn:  # what an older release wrote: no encoder rows at all
+        conn.execute("DELETE FROM meta WHERE key='encoder_ids'")
+    conn.close()
     assert _recorded(folder) is None
     return folder
 
 
-def test_an_index_from_before_the_change_opens_warns_and_records_at_the_next_write(tmp_path):
+def test_an_index_from_before_the_change_opens_warns_and_never_takes_an_id_unproven(tmp_path):
     folder = _legacy(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -107,6 +110,11 @@ def test_an_index_from_before_the_change_opens_warns_and_records_at_the_next_wri
         idx = ModelIndex.open(folder, encoder_id=ENC_A)
     assert idx.search(_vecs(4)[1], k=1, encoder_id=ENC_A)[0].id == 1  # still searchable
     assert _recorded(folder) is None  # opening writes nothing
+    # its vectors may be older encoders' of the same dimension: adopting ENC_A on trust would mix them
+    with pytest.raises(LegacyIndexError, match="made before proxylab recorded encoder ids"):
+        idx.add(_vecs(1, seed=5)[0], {"name": "new"}, encoder_id=ENC_A)
+    assert idx.encoder_id is None and _recorded(folder) is None and _rows(folder) == 4
+    idx.adopt_encoder(ENC_A)  # what legacy.adopt_if_vectors_match does once the vectors are checked
     idx.add(_vecs(1, seed=5)[0], {"name": "new"}, encoder_id=ENC_A)
     assert idx.encoder_id == ENC_A and _recorded(folder) == ENC_A
     idx.close()
@@ -125,14 +133,15 @@ def test_a_legacy_index_opened_read_only_warns_and_writes_nothing(tmp_path):
 
 
 def test_a_failed_faiss_add_rolls_back_the_recorded_id(tmp_path, monkeypatch):
-    folder = _legacy(tmp_path)
-    idx = ModelIndex.open(folder)
+    folder = tmp_path / "raw"  # raw vectors only (no id): the first write naming encoders records its id
+    idx = ModelIndex.create(folder, DIM)
+    idx.add_many(_vecs(4), [{"name": f"m{i}"} for i in range(4)])
 
     def refuse(ids, vecs):
         raise RuntimeError("simulated FAISS failure")
 
     monkeypatch.setattr(idx, "_faiss_add", refuse)
-    with pytest.warns(LegacyIndexWarning), pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):
         idx.add(_vecs(1, seed=7)[0], {"name": "x"}, encoder_id=ENC_A)
     assert idx.encoder_id is None and _recorded(folder) is None and _rows(folder) == 4
 

@@ -153,11 +153,23 @@ def test_signature_and_index_stages_resume(tiny_zoo, tmp_path):
         assert np.allclose(index.vector(row["id"]), enc.encode_signature(zoo.signature(row["id"])), atol=1e-6)
     assert index.encoder_id == enc.id
     index.close()
-    # retrained encoders must not grow an index of the old ones' vectors: a clear error naming both ids
-    from proxylab.retrieval.index import EncoderMismatchError
+    from proxylab.retrieval.index import DB_NAME, EncoderMismatchError
 
     torch.manual_seed(1)
     retrained = Encoders(extractor_id="fx-test-b", extractor=other)
+    # an index from before encoder ids were recorded (no encoder rows): retrained encoders of the same
+    # dimension are refused (its stored signatures do not re-encode to its vectors); its own encoders prove it
+    import sqlite3
+
+    with sqlite3.connect(copy / "index" / DB_NAME) as conn:
+        conn.execute("DELETE FROM meta WHERE key IN ('encoder_id', 'encoder_ids')")
+    conn.close()
+    with pytest.raises(EncoderMismatchError, match="delete ZOO/index"):
+        build_index(copy, progress=False, encoders=retrained)
+    assert load_zoo(copy).index.encoder_id is None  # refused: nothing recorded
+    assert build_index(copy, progress=False, encoders=enc) == 0
+    assert load_zoo(copy).index.encoder_id == enc.id  # proven by re-encoding, then recorded
+    # retrained encoders must not grow an index of the old ones' vectors: a clear error naming both ids
     with pytest.raises(EncoderMismatchError) as err:
         build_index(copy, progress=False, encoders=retrained)
     assert enc.id in str(err.value) and retrained.id in str(err.value) and "delete ZOO/index" in str(err.value)

@@ -12,6 +12,17 @@ The first path segment picks the behaviour, the rest is the model-server route (
     /bomb/...       a good /info, then a /predict npz that is small on the wire and huge unpacked
     /counting/...   a good /info and /predict of a uniform 3-class model (for "was it called at all?")
 
+Answers that carry SECRET (an internal document a hostile client wants the service to read back to it):
+
+    /secret.json    200 JSON holding SECRET (what http://host/secret.json# would have fetched as '/info')
+    /leakyinfo/info 200 JSON {"num_classes": SECRET, "name": SECRET}
+    /arrayinfo/info 200 JSON [SECRET]
+    /notjson/info   200 text SECRET
+    /notfound/...   404 with SECRET as the body
+    /banner/...     no HTTP at all: SECRET as the first line (a non-HTTP service's banner), then hang up
+    /badchunk/...   chunked transfer with SECRET where the chunk size goes
+    /leakynpz/..    a good /info (the name SECRET), then an npz whose 'probs.npy' header names the dtype SECRET
+
 Every request's path is recorded in ``server.paths``; ``server.sent`` counts the body bytes it managed to write.
 """
 from __future__ import annotations
@@ -20,11 +31,13 @@ import io
 import json
 import threading
 import time
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
 INFO = json.dumps({"num_classes": 3, "name": "bad"}).encode()
+SECRET = "s3cret-7f1d0c9ae4b2-internal-only"
 
 
 def _npz(**arrays) -> bytes:
@@ -92,6 +105,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Location", "file:///etc/passwd")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif self.path == "/secret.json":
+                self._body(json.dumps({"api_key": SECRET}).encode(), ctype="application/json")
+            elif mode == "leakyinfo":
+                self._body(json.dumps({"num_classes": SECRET, "name": SECRET}).encode(), ctype="application/json")
+            elif mode == "arrayinfo":
+                self._body(json.dumps([SECRET]).encode(), ctype="application/json")
+            elif mode == "notjson":
+                self._body(SECRET.encode(), ctype="text/plain")
+            elif mode == "notfound":
+                self._body(json.dumps({"error": SECRET}).encode(), 404, "application/json")
+            elif mode == "banner":
+                self.close_connection = True
+                self._write(f"{SECRET}\r\n".encode())
+            elif mode == "badchunk":
+                self.close_connection = True
+                self._write(f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{SECRET}\r\n".encode())
+            elif mode == "leakynpz" and route == "info":
+                self._body(json.dumps({"num_classes": 3, "name": SECRET}).encode(), ctype="application/json")
+            elif mode == "leakynpz":
+                self._images()
+                buf = io.BytesIO()
+                # an .npy header whose dtype is SECRET: numpy's error message quotes the header
+                header = f"{{'descr': '{SECRET}', 'fortran_order': False, 'shape': (2, 3), }}\n".encode()
+                with zipfile.ZipFile(buf, "w") as zf:
+                    zf.writestr("probs.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+                self._body(buf.getvalue())
             elif route == "info":
                 self._body(INFO, ctype="application/json")
             elif mode == "bomb":

@@ -61,6 +61,52 @@ def test_copy_from_older_encoders_is_refused_and_kept(tmp_path, monkeypatch):
     assert len(ModelIndex.open(old)) == 1  # nothing the user saved is deleted
 
 
+def _index_with_id(folder, names, encoder_id, dim=4):
+    idx = ModelIndex.create(folder, dim=dim, encoder_id=encoder_id)
+    for i, name in enumerate(names):
+        idx.add([1.0 + i, 0.0, 1.0, 0.0], {"name": name}, encoder_id=encoder_id)
+    idx.save()
+    idx.close()
+    return folder
+
+
+def _drop_encoder_rows(folder):
+    """What a release before encoder ids wrote: no encoder rows in the meta table."""
+    import sqlite3
+
+    with sqlite3.connect(folder / "models.sqlite") as conn:
+        conn.execute("DELETE FROM meta WHERE key IN ('encoder_id', 'encoder_ids')")
+    conn.close()
+
+
+@pytest.mark.parametrize("old_id", [None, "enc-old"])
+def test_same_dimension_copy_of_older_encoders_with_registrations_is_refused_and_kept(tmp_path, monkeypatch, old_id):
+    source = _index_with_id(tmp_path / "package" / "zoo_index", ["shipped-0", "shipped-1"], "enc-new")
+    old = _index_with_id(tmp_path / "cache" / "zoo_index", ["shipped-0", "shipped-1", "mine"], old_id or "enc-x")
+    if old_id is None:
+        _drop_encoder_rows(old)
+    monkeypatch.setattr(serve, "shipped_index_dir", lambda: source)
+    with pytest.raises(ProxylabError, match=r"holds vectors of .*enc-new.*1 models you registered \(e.g. 'mine'\)"):
+        serve.copy_of_shipped_index(tmp_path / "cache")
+    kept = ModelIndex.open(old)
+    assert len(kept) == 3 and kept.encoder_id == old_id  # nothing the user saved is deleted or relabelled
+    kept.close()
+
+
+def test_same_dimension_stale_copy_without_registrations_is_replaced(tmp_path, monkeypatch, capsys):
+    source = _index_with_id(tmp_path / "package" / "zoo_index", ["shipped-0", "shipped-1"], "enc-new")
+    old = _index_with_id(tmp_path / "cache" / "zoo_index", ["shipped-0"], "enc-x")
+    _drop_encoder_rows(old)
+    monkeypatch.setattr(serve, "shipped_index_dir", lambda: source)
+    copy = serve.copy_of_shipped_index(tmp_path / "cache")
+    fresh = ModelIndex.open(copy)
+    assert copy == old and len(fresh) == 2 and fresh.encoder_id == "enc-new"
+    fresh.close()
+    assert "replaced it with a fresh copy" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["zoo_index"]  # nothing half-made left behind
+    assert serve.copy_of_shipped_index(tmp_path / "cache") == copy  # now it matches: kept as it is
+
+
 @pytest.mark.skipif(not (serve.shipped_index_dir() / "models.sqlite").is_file(),
                     reason="the shipped zoo index is not built yet")
 def test_serve_without_index_serves_a_copy_of_the_shipped_zoo(tmp_path, tokens_file):
