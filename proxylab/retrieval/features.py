@@ -58,7 +58,7 @@ class FeatureExtractor:
     def __init__(self, trunk, id: str):
         import torch
 
-        self.trunk = trunk.eval()
+        self.trunk = trunk.eval().to(memory_format=torch.channels_last)
         for p in self.trunk.parameters():
             p.requires_grad_(False)
         self.id = id
@@ -73,14 +73,18 @@ class FeatureExtractor:
         out = []
         with torch.no_grad():
             for start in range(0, x.shape[0], EMBED_CHUNK):
-                out.append(self.trunk(x[start:start + EMBED_CHUNK]).numpy())
+                # channels-last input runs the convolutions about 2x faster on CPU (query latency is mostly
+                # this); outputs differ from NCHW by float rounding only (~1e-6)
+                chunk = x[start:start + EMBED_CHUNK].contiguous(memory_format=torch.channels_last)
+                out.append(self.trunk(chunk).numpy())
         return np.ascontiguousarray(np.concatenate(out).astype(np.float32))
 
     # ---- persistence ----
     def to_bytes(self) -> bytes:
         import torch
 
-        state = {k: v.half() if v.is_floating_point() else v for k, v in self.trunk.state_dict().items()}
+        # contiguous: the file keeps the NCHW layout whatever the in-memory one (its hash is the extractor's id)
+        state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.trunk.state_dict().items()}
         buf = io.BytesIO()
         torch.save({"format": "proxylab-extractor-1", "widths": list(_WIDTHS), "first_stride": _FIRST_STRIDE,
                     "state": state}, buf)
