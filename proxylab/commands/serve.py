@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +49,19 @@ def copy_of_shipped_index(cache: Path | None = None) -> Path:
     return target
 
 
-def _index_facts(folder: Path) -> dict:
-    """dim, encoder_id (None when not recorded), model names; dim -1 when unreadable."""
+def _index_facts(folder: Path, immutable: bool) -> dict:
+    """dim, encoder_id (None when not recorded), model names; dim -1 when unreadable.
+
+    immutable=True for the package's own index: a read-only open of a WAL database would still create -wal/-shm
+    files beside it. The user's cache copy is read normally, so models still in its write-ahead log (a server
+    killed before a checkpoint) are seen."""
     import sqlite3
 
-    # immutable: a read-only open of a WAL database would still create -wal/-shm files beside it (the package's)
     from proxylab.retrieval.index import DB_NAME
 
     facts: dict = {"dim": -1, "encoder_id": None, "names": set()}
-    conn = sqlite3.connect(f"file:{folder / DB_NAME}?immutable=1", uri=True)
+    uri = f"file:{folder / DB_NAME}?immutable=1" if immutable else f"file:{folder / DB_NAME}?mode=rw"
+    conn = sqlite3.connect(uri, uri=True)
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         facts["dim"] = int(meta["dim"])
@@ -77,7 +82,7 @@ def _check_copy_matches(source: Path, target: Path) -> None:
     recording no or another encoder id while the shipped index records one: the dimension alone would let old
     and new vectors mix. A copy that holds nothing but shipped models (no registrations of the user) is only a
     stale cache: it is replaced by a fresh copy, and the start says so."""
-    have, want = _index_facts(target), _index_facts(source)
+    have, want = _index_facts(target, immutable=False), _index_facts(source, immutable=True)
     if have["dim"] > 0 and want["dim"] > 0 and have["dim"] != want["dim"]:
         raise ProxylabError(f"the zoo index copy at {target} holds {have['dim']}-d vectors from an older proxylab, "
                             f"but the shipped encoders make {want['dim']}-d ones: move or delete that folder to start "
@@ -90,10 +95,10 @@ def _check_copy_matches(source: Path, target: Path) -> None:
     mine = sorted(have["names"] - want["names"])
     made_by = f"encoders {have['encoder_id']}" if have["encoder_id"] else "unrecorded (older) encoders"
     if not mine:
-        _replace_copy(source, target)
+        kept = _replace_copy(source, target)
         print(f"proxylab serve: the zoo index copy at {target} held vectors of {made_by} and no registrations of "
-              f"yours; replaced it with a fresh copy of the shipped zoo (encoders {want['encoder_id']})",
-              file=sys.stderr)
+              f"yours; replaced it with a fresh copy of the shipped zoo (encoders {want['encoder_id']}); the old "
+              f"copy is kept at {kept} (delete it when you no longer need it)", file=sys.stderr)
         return
     raise ProxylabError(f"the zoo index copy at {target} holds vectors of {made_by}, but the shipped zoo and encoders "
                         f"are {want['encoder_id']}: their vectors are not comparable. It holds {len(mine)} models "
@@ -102,17 +107,32 @@ def _check_copy_matches(source: Path, target: Path) -> None:
                         "encoders it was built with (--index DIR --encoders FILE)")
 
 
-def _replace_copy(source: Path, target: Path) -> None:
-    """Swap a stale copy for a fresh one: copy beside it, rename the old one away, rename the new one in."""
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index."))
-    shutil.copytree(source, tmp, dirs_exist_ok=True)
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index.stale."))
+def _replace_copy(source: Path, target: Path) -> Path:
+    """Swap a stale copy for a fresh one and return where the old one now lies (kept, never deleted).
+
+    Holds the copy's service lock throughout: a server still running on it is refused, not moved from under.
+    A swap that fails half way puts the old copy back and says so."""
+    import fcntl
+
+    from proxylab.service.store import _lock_directory
+
+    lock = _lock_directory(target)  # ProxylabError when another service serves this copy
     try:
-        os.replace(target, old / "zoo_index")
-        os.replace(tmp, target)
-    except OSError:  # another start replaced it first; its copy is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+        fresh = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index."))
+        shutil.copytree(source, fresh, dirs_exist_ok=True)
+        kept = target.parent / f"zoo_index.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.replace(target, kept)
+        try:
+            os.replace(fresh, target)
+        except OSError as exc:
+            os.replace(kept, target)  # back as it was
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise ProxylabError(f"could not replace the stale zoo index copy at {target} ({exc}); it is unchanged: "
+                                "move or delete it by hand") from None
+    finally:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        lock.close()
+    return kept
 
 
 def encoders_factory(encoders_file, extractor_file):

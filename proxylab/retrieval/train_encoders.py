@@ -55,6 +55,7 @@ reuses the learned weights of an encoder file instead of training; `--validate C
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -451,6 +452,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--n-features", type=int, default=None,
                         help="random features of the shipped kernel map (default: KernelMap's)")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.lr) and args.lr > 0):  # a NaN rate would train and ship NaN encoders
+        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not (math.isfinite(args.grad_clip) and args.grad_clip >= 0):
+        parser.error(f"--grad-clip must be a finite number >= 0 (0: off), got {args.grad_clip}")
     if args.validate:
         import csv
 

@@ -215,7 +215,11 @@ class _Connection(http.client.HTTPConnection):
         sock = _open_socket(self.host, self.port, self._watch, self._deadline)
         if self._tls:
             # wrapped without a handshake first, so the TLS socket joins the watchdog before the handshake reads
-            sock = _tls().wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+            try:
+                sock = _tls().wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+            except BaseException:
+                sock.close()  # not yet conn.sock: close() of the connection would not reach it
+                raise
             self._watch.add(sock)
             try:
                 sock.settimeout(_left(self._deadline))
@@ -269,7 +273,11 @@ def fetch(url: str, data: Optional[bytes], budget: FetchBudget, max_bytes: int) 
     start = time.monotonic()
     deadline = start + seconds
     watch = _Watchdog(seconds)
-    conn = _Connection(host, port, tls, watch, deadline)
+    try:
+        conn = _Connection(host, port, tls, watch, deadline)
+    except BaseException:
+        watch.cancel()  # its timer thread would otherwise live out the whole budget
+        raise
 
     def timed_out() -> FetchError:
         return FetchError(f"{url} did not answer within {seconds:.3g} s: {budget.exhausted_message()}")

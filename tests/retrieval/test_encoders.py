@@ -313,3 +313,12 @@ def test_kernel_encoders_round_trip_and_detect_other_random_features(tmp_path):
         Encoders.load(tmp_path / "other.pt")
     with pytest.raises(ProxylabError, match="learned_weight"):
         Encoders(feature_dim=F.FEATURE_DIM, width=8, dim=8, learned_weight=0.0)
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--lr", "0"), ("--grad-clip", "-1"), ("--grad-clip", "inf")])
+def test_training_refuses_rates_that_would_ship_broken_encoders(tmp_path, capsys, flag, value):
+    from proxylab.retrieval.train_encoders import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--zoo", str(tmp_path), flag, value])
+    assert exit_.value.code == 2 and f"{flag} must be" in capsys.readouterr().err

@@ -102,9 +102,50 @@ def test_same_dimension_stale_copy_without_registrations_is_replaced(tmp_path, m
     fresh = ModelIndex.open(copy)
     assert copy == old and len(fresh) == 2 and fresh.encoder_id == "enc-new"
     fresh.close()
-    assert "replaced it with a fresh copy" in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["zoo_index"]  # nothing half-made left behind
+    err = capsys.readouterr().err
+    assert "replaced it with a fresh copy" in err
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert names[0] == "zoo_index" and len(names) == 2 and names[1].startswith("zoo_index.stale-")
+    stale = ModelIndex.open(tmp_path / "cache" / names[1])  # the old copy is kept, whole, and its path printed
+    assert len(stale) == 1 and str(tmp_path / "cache" / names[1]) in err
+    stale.close()
     assert serve.copy_of_shipped_index(tmp_path / "cache") == copy  # now it matches: kept as it is
+
+
+def test_registrations_still_in_the_write_ahead_log_count_as_the_users(tmp_path, monkeypatch):
+    """A server killed before a checkpoint leaves its last registrations in models.sqlite-wal only."""
+    source = _index_with_id(tmp_path / "package" / "zoo_index", ["shipped-0", "shipped-1"], "enc-new")
+    old = _index_with_id(tmp_path / "cache" / "zoo_index", ["shipped-0"], "enc-x")
+    _drop_encoder_rows(old)
+    live = ModelIndex.open(old)
+    live.add([0.0, 1.0, 0.0, 1.0], {"name": "mine"})  # committed to the WAL, not checkpointed (still open)
+    try:
+        assert (old / "models.sqlite-wal").stat().st_size > 0
+        monkeypatch.setattr(serve, "shipped_index_dir", lambda: source)
+        with pytest.raises(ProxylabError, match=r"1 models you registered \(e.g. 'mine'\)"):
+            serve.copy_of_shipped_index(tmp_path / "cache")
+    finally:
+        live.close()
+    kept = ModelIndex.open(old)
+    assert sorted(m["name"] for m in kept.list()) == ["mine", "shipped-0"]
+    kept.close()
+
+
+def test_a_stale_copy_that_a_running_service_holds_is_not_moved(tmp_path, monkeypatch):
+    from proxylab.service.store import _lock_directory
+
+    source = _index_with_id(tmp_path / "package" / "zoo_index", ["shipped-0", "shipped-1"], "enc-new")
+    old = _index_with_id(tmp_path / "cache" / "zoo_index", ["shipped-0"], "enc-x")
+    _drop_encoder_rows(old)
+    monkeypatch.setattr(serve, "shipped_index_dir", lambda: source)
+    lock = _lock_directory(old)  # as `proxylab serve` holds it while running
+    try:
+        with pytest.raises(ProxylabError, match="another proxylab service is already serving"):
+            serve.copy_of_shipped_index(tmp_path / "cache")
+    finally:
+        lock.close()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")) == ["zoo_index"]
+    assert len(ModelIndex.open(old)) == 1
 
 
 @pytest.mark.skipif(not (serve.shipped_index_dir() / "models.sqlite").is_file(),
