@@ -189,8 +189,15 @@ class ZooStore:
         from proxylab.retrieval.index import EncoderMismatchError
 
         try:
-            if self.index.legacy:  # vectors of unknown (possibly older, same-size) encoders: never mix
-                self.index.refuse_legacy(encoder_id)
+            if self.index.legacy:
+                if all(m.get("source") == "vector" for m in self.index.list()):
+                    # only clients' own vectors (a --dim index of an older release): no encoders made any of
+                    # them, so there is nothing to mix; record these encoders, as a new vector index would at
+                    # its first signature
+                    with self._write_lock:
+                        self.index.adopt_encoder(encoder_id)
+                else:  # vectors of unknown (possibly older, same-size) encoders: never mix
+                    self.index.refuse_legacy(encoder_id)
             self.index.check_encoder(encoder_id, "served")
         except EncoderMismatchError as e:
             self._mismatched, self._encoders_error = (enc, encoder_id), str(e)

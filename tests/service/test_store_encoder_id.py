@@ -99,3 +99,25 @@ def test_an_index_made_before_encoder_ids_is_refused_for_image_work(tmp_path, en
         assert hits[0].metadata["name"] == "old"
     finally:
         store.close()
+
+
+def test_an_older_index_of_raw_vectors_only_takes_the_encoders(tmp_path, encoders):
+    """A --dim index of an older release holds clients' vectors only: no encoders' vectors to mix, so the
+    service records its encoders and registers signatures there (as a new vector index does)."""
+    import sqlite3
+
+    from proxylab.retrieval.index import DB_NAME
+
+    store = ZooStore(tmp_path / "idx", encoders=encoders, dim=encoders.dim)
+    store.register_vector([1.0] * encoders.dim, {"name": "raw"})
+    store.close()
+    with sqlite3.connect(tmp_path / "idx" / DB_NAME) as conn:  # as written before encoder ids were recorded
+        conn.execute("DELETE FROM meta WHERE key IN ('encoder_id', 'encoder_ids')")
+    store = ZooStore(tmp_path / "idx", encoders=encoders)
+    try:
+        assert store.index.legacy
+        store.register_signature(make_signature(encoders, 3, seed=2).to_bytes(), {"name": "sig"})
+        assert store.index.encoder_id == encoders.id and not store.index.legacy
+        assert len(store.search(store.encode_query(*samples()), 2, {}, store.encoder_id)) == 2
+    finally:
+        store.close()
