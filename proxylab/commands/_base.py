@@ -22,17 +22,22 @@ class Command:
         raise NotImplementedError
 
 
-def parse_bits_list(text: str) -> list:
-    """'2,3,4' or '2 3 4' -> [2, 3, 4]; ProxylabError naming the bad token otherwise."""
+def parse_int_list(text: str, what: str) -> list:
+    """'2,3,4' or '2 3 4' -> [2, 3, 4]; ProxylabError naming ``what`` and the bad token otherwise."""
     from proxylab.errors import ProxylabError
 
     tokens = text.replace(",", " ").split()
     if not tokens:
-        raise ProxylabError("empty bit list: give integers such as '2,3,4' or '4 4 3 ...'")
+        raise ProxylabError(f"empty {what}: give integers such as '2,3,4'")
     out = []
     for t in tokens:
         try:
             out.append(int(t))
         except ValueError:
-            raise ProxylabError(f"bit list entry '{t}' is not an integer (got '{text}')") from None
+            raise ProxylabError(f"{what} entry '{t}' is not an integer (got '{text}')") from None
     return out
+
+
+def parse_bits_list(text: str) -> list:
+    """'2,3,4' or '4 4 3 ...' -> [2, 3, 4]."""
+    return parse_int_list(text, "bit list")

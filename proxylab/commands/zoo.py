@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from proxylab.commands._base import Command
+from proxylab.commands._base import Command, parse_int_list
 from proxylab.errors import ProxylabError
 
 RERANK_METHODS = ("leep", "nce")
@@ -413,7 +413,7 @@ class ZooEval(Command):
             from proxylab.plots import check_plot_path
 
             check_plot_path(args.plot)  # fail before minutes of evaluation, not after
-        queries = default_queries(args.kind, _int_list(args.shots, "--shots"), _int_list(args.seeds, "--seeds"))
+        queries = default_queries(args.kind, parse_int_list(args.shots, "--shots"), parse_int_list(args.seeds, "--seeds"))
         if args.tasks:
             wanted = [get_task(t.strip()).name for t in args.tasks.split(",") if t.strip()]
             queries = [q for q in queries if q.task in wanted]
@@ -438,16 +438,6 @@ class ZooEval(Command):
             metric_bars([dict(r, method=f"{r['method']} ({r['query_kind']})") for r in summary], args.plot,
                         metrics=["top1_task", "recall_at_5", "ndcg_at_5", "weighted_tau"])
         return summary
-
-
-def _int_list(text: str, flag: str) -> List[int]:
-    try:
-        values = [int(t) for t in text.replace(",", " ").split()]
-    except ValueError:
-        raise ProxylabError(f"{flag} must be integers separated by commas, got '{text}'") from None
-    if not values:
-        raise ProxylabError(f"{flag} is empty")
-    return values
 
 
 def _write_csv(path: str, rows: List[Dict[str, Any]]) -> None:

@@ -393,13 +393,10 @@ class Encoders:
             raise ProxylabError(f"{path} is not a proxylab encoder file ({type(exc).__name__}: {exc})") from None
 
     @classmethod
+    @functools.lru_cache(maxsize=1)
     def default(cls) -> "Encoders":
-        return _default_encoders()
-
-
-@functools.lru_cache(maxsize=1)
-def _default_encoders() -> Encoders:
-    return Encoders.load(SHIPPED_ENCODERS)
+        """The shipped encoders, loaded once per process (``Encoders.default.cache_clear()`` after rebuilding)."""
+        return cls.load(SHIPPED_ENCODERS)
 
 
 MAX_QUERY_CLASSES = 64  # ~0.25 GB for the pair attention at 64 classes; the zoo's tasks have at most 10

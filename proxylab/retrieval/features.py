@@ -116,13 +116,11 @@ class FeatureExtractor:
         return cls(trunk, id="fx-" + sha256_bytes(data)[:16])
 
     @classmethod
+    @functools.lru_cache(maxsize=1)
     def default(cls) -> "FeatureExtractor":
-        return _default_extractor()
-
-
-@functools.lru_cache(maxsize=1)
-def _default_extractor() -> FeatureExtractor:
-    return FeatureExtractor.load(SHIPPED_EXTRACTOR)
+        """The shipped extractor, loaded once per process (``FeatureExtractor.default.cache_clear()`` after a
+        rebuild)."""
+        return cls.load(SHIPPED_EXTRACTOR)
 
 
 def default_sources() -> list:
@@ -213,7 +211,7 @@ def rebuild_shipped(path: PathLike = SHIPPED_EXTRACTOR, seed: int = 0, epochs: i
     torch.set_num_threads(1)
     fx, accs = train_extractor(seed=seed, epochs=epochs)
     fx.save(path)
-    _default_extractor.cache_clear()
+    FeatureExtractor.default.cache_clear()
     return accs
 
 

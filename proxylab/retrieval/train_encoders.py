@@ -498,9 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {enc.id}, {enc.dim}-d); learned part trained on "
           f"{len(report.get('train_ids', []))} models, {len(report.get('test_ids', []))} held out")
     if args.ship:
-        from proxylab.retrieval.encoders import _default_encoders
-
-        _default_encoders.cache_clear()
+        type(enc).default.cache_clear()  # this process now reads the new shipped file
         print(f"wrote {ship_zoo_index(args.zoo, enc)}")
 
 

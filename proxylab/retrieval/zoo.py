@@ -362,17 +362,26 @@ def _train_on_dask(plans: List[ModelPlan], address: str, done: Callable[[int, Di
         client.close()
 
 
+def _given_or_shipped(given, load_shipped, what: str, progress: bool):
+    """``given``, else the shipped component; None (and a logged skip of ``what``) when it is not installed."""
+    if given is not None:
+        return given
+    try:
+        return load_shipped()
+    except (ProxylabError, FileNotFoundError) as e:
+        _log(progress, f"{what} skipped: {e}")
+        return None
+
+
 def build_signatures(zoo_dir: PathLike, progress: bool = True, seed: int = 0, extractor=None, pool=None) -> int:
     """Capture the black-box signature of every model that has none yet (or one of another extractor);
     returns how many were written. `extractor` default: the shipped one; `pool`: capture_signature's probe
-    pool override (default: the shared pool). Skipped (0) while
-    proxylab.retrieval.signature or the shipped extractor is not available."""
-    try:
-        from proxylab.retrieval.features import FeatureExtractor
-        from proxylab.retrieval.signature import capture_signature
-        extractor = extractor if extractor is not None else FeatureExtractor.default()
-    except (ImportError, ProxylabError, FileNotFoundError) as e:
-        _log(progress, f"signatures skipped: {e}")
+    pool override (default: the shared pool). Skipped (0) while the shipped extractor is not available."""
+    from proxylab.retrieval.features import FeatureExtractor
+    from proxylab.retrieval.signature import capture_signature
+
+    extractor = _given_or_shipped(extractor, FeatureExtractor.default, "signatures", progress)
+    if extractor is None:
         return 0
     zoo = load_zoo(zoo_dir)
     out = Path(zoo_dir) / "signatures"
@@ -405,12 +414,11 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
     encoders this raises EncoderMismatchError (delete zoo_dir/index and rerun to re-encode every model). An
     index made before ids were recorded is kept only when its stored signatures re-encode to its vectors
     (``legacy.adopt_if_vectors_match``); otherwise the same error."""
-    try:
-        from proxylab.retrieval.encoders import Encoders
-        from proxylab.retrieval.index import ModelIndex
-        encoders = encoders if encoders is not None else Encoders.default()
-    except (ImportError, ProxylabError, FileNotFoundError) as e:
-        _log(progress, f"index skipped: {e}")
+    from proxylab.retrieval.encoders import Encoders
+    from proxylab.retrieval.index import ModelIndex
+
+    encoders = _given_or_shipped(encoders, Encoders.default, "index", progress)
+    if encoders is None:
         return 0
     zoo = load_zoo(zoo_dir)
     path = Path(zoo_dir) / "index"
