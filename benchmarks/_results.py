@@ -19,6 +19,5 @@ def write_csv(path, rows: Iterable[Mapping[str, Any]], columns: Optional[Sequenc
     cols = list(columns) if columns is not None else list(rows[0]) if rows else []
     fmt = (lambda v: float_format(v) if isinstance(v, float) else v) if float_format else (lambda v: v)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, rows_to_csv(rows, cols, cell=fmt, lineterminator=lineterminator))
     return out

@@ -90,7 +90,8 @@ def searched_proxy(net: str, tables, run_dir: Path) -> dict:
 
 
 def best_known_proxy(tables) -> dict:
-    """The known proxy with the best mean select-split Spearman over ``tables`` (the search report's rule)."""
+    """The known proxy with the best MEAN select-split Spearman over ``tables`` (report.best_known with "mean",
+    as allocation.csv has always used; the search's own default pick is by the worst table)."""
     from proxylab.bench import load_table
     from proxylab.search.report import best_known
     from proxylab.stats import stats_for_table

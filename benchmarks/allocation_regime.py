@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from _results import write_csv
+from proxylab.metrics import spearman
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLES = ("resnet20-mnist5k", "mobilenetv2-animal", "resnet18-shapes")
@@ -63,7 +63,7 @@ def regime_configs(params: np.ndarray, bit_choices, n: int, seed: int, low: floa
 
 def partial_spearman(x, y, z) -> float:
     """Rank partial correlation of x and y given z; NaN when x or y ranks exactly like z (e.g. bparams vs size)."""
-    rxy, rxz, ryz = (spearmanr(a, b)[0] for a, b in ((x, y), (x, z), (y, z)))
+    rxy, rxz, ryz = (spearman(a, b) for a, b in ((x, y), (x, z), (y, z)))
     denom = (1 - rxz ** 2) * (1 - ryz ** 2)
     return float((rxy - rxz * ryz) / math.sqrt(denom)) if denom > 1e-12 else math.nan
 
@@ -111,10 +111,10 @@ def main(argv=None) -> int:
             rows.append({
                 "table": name, "proxy": label, "origin": origin, "n_regime": len(bits),
                 "regime_acc_mean": round(float(acc.mean()), 5), "regime_acc_max": round(float(acc.max()), 5),
-                "spearman_select": round(float(spearmanr(s_select, table.acc[sel])[0]), 4),
-                "spearman_regime": round(float(spearmanr(s_regime, acc)[0]), 4),
+                "spearman_select": round(spearman(s_select, table.acc[sel]), 4),
+                "spearman_regime": round(spearman(s_regime, acc), 4),
                 "partial_regime_size": round(partial_spearman(s_regime, acc, size), 4),
-                "spearman_regime_top20": round(float(spearmanr(s_regime[top], acc[top])[0]), 4),
+                "spearman_regime_top20": round(spearman(s_regime[top], acc[top]), 4),
             })
             print(f"{name:20s} {label[:40]:40s} select {rows[-1]['spearman_select']:+.3f} regime "
                   f"{rows[-1]['spearman_regime']:+.3f} partial {rows[-1]['partial_regime_size']:+.3f}", flush=True)

@@ -46,10 +46,10 @@ import math
 import sys
 from pathlib import Path
 from _results import write_csv
+from proxylab.retrieval.evaluate import SUMMARY_FIELDS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-COLUMNS = ["method", "query_kind", "queries", "top1_task", "recall_at_1", "recall_at_5", "recall_at_10", "best_in_top5",
-           "weighted_tau", "ndcg_at_5", "regret", "calls_per_query", "latency_ms_median"]
+COLUMNS = list(SUMMARY_FIELDS)
 QUERY_COLUMNS = ["method", "query_kind", "query", "task", "shots", "top1_id", "top1_task", "recall_at_1",
                  "recall_at_5", "recall_at_10", "best_in_top5", "weighted_tau", "ndcg_at_5", "regret",
                  "calls_per_query", "latency_ms"]
@@ -98,11 +98,12 @@ def latency_comparison(zoo_dir, other_file: str, queries, repeats: int = 3):
     zoo = load_zoo(zoo_dir)
     ids = split_models(zoo.manifest)[1]
     named = {"shipped": Encoders.default(), "other": Encoders.load(other_file)}
+    eid = {name: enc.id for name, enc in named.items()}  # a hash of every weight: once, outside the timing
     indexes = {}
     for name, enc in named.items():
-        idx = ModelIndex.create(None, enc.dim, encoder_id=enc.id)
+        idx = ModelIndex.create(None, enc.dim, encoder_id=eid[name])
         for i in ids:
-            idx.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i, encoder_id=enc.id)
+            idx.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i, encoder_id=eid[name])
         indexes[name] = idx
     supports = [spec.load()[0] for spec in queries]
     times = {name: [] for name in named}
@@ -110,10 +111,10 @@ def latency_comparison(zoo_dir, other_file: str, queries, repeats: int = 3):
         for sx, sy in supports:
             for name, enc in named.items():  # alternate, so both see the same load
                 t0 = time.perf_counter()
-                indexes[name].search(enc.encode_query(sx, sy.numpy()), k=len(ids), encoder_id=enc.id)
+                indexes[name].search(enc.encode_query(sx, sy.numpy()), k=len(ids), encoder_id=eid[name])
                 times[name].append((time.perf_counter() - t0) * 1e3)
     base = float(np.median(times["other"]))
-    return [{"encoders": name if name == "shipped" else f"other ({other_file})", "encoder_id": named[name].id,
+    return [{"encoders": name if name == "shipped" else f"other ({other_file})", "encoder_id": eid[name],
              "queries_timed": len(times[name]), "latency_ms_median": float(np.median(times[name])),
              "ratio_to_other": float(np.median(times[name])) / base} for name in named]
 

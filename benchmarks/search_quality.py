@@ -204,8 +204,8 @@ def read_runs(path: Path) -> List[Dict]:
 
 
 def write_csv(path: Path, rows: List[Dict]) -> None:
-    from proxylab.search.rundir import rows_to_csv
-    from proxylab.utils import atomic_write_text
+    """Every key of every row (older rows may lack newer columns), unlike _results.write_csv's first-row keys."""
+    from proxylab.utils import atomic_write_text, rows_to_csv
 
     atomic_write_text(path, rows_to_csv(rows))
 

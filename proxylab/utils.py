@@ -11,8 +11,9 @@ import random
 import tempfile
 import threading
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -122,3 +123,24 @@ def rows_to_csv(rows: Iterable[Mapping[str, Any]], columns: Optional[Sequence[st
     for r in rows:
         writer.writerow({c: cell(r.get(c, "")) for c in columns})
     return buf.getvalue()
+
+
+def cache_root() -> Path:
+    """Where proxylab keeps caches: $PROXYLAB_CACHE, or ~/.cache/proxylab when the variable is unset."""
+    return Path(os.environ.get("PROXYLAB_CACHE") or Path.home() / ".cache" / "proxylab")
+
+
+@contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run with n torch intra-op threads (None: as they are), then restore the previous count."""
+    import torch
+
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,16 +13,13 @@ from typing import Any
 
 from proxylab.commands._base import Command
 from proxylab.errors import MissingDependencyError, ProxylabError
+from proxylab.utils import cache_root
 
 
 def shipped_index_dir() -> Path:
     from proxylab.commands.zoo import shipped_index_dir as shipped
 
     return shipped()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PROXYLAB_CACHE") or Path.home() / ".cache" / "proxylab")
 
 
 def copy_of_shipped_index(cache: Path | None = None) -> Path:

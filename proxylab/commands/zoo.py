@@ -213,14 +213,11 @@ class ZooAdd(Command):
             idx.close()
             raise ProxylabError(f"index '{folder}' holds {idx.dim}-d vectors but the encoders make {enc.dim}-d ones: "
                                 "use the encoders the index was built with (--encoders)")
-        if idx.legacy:  # made before encoder ids were recorded: keep it only if its vectors are these encoders'
-            from proxylab.retrieval.legacy import adopt_if_vectors_match
+        from proxylab.retrieval.legacy import adopt_or_close
 
-            try:  # an index inside a zoo folder (ZOO/index) has the models' signatures beside it
-                adopt_if_vectors_match(idx, folder.parent / "signatures", enc)
-            except ProxylabError:
-                idx.close()
-                raise
+        # made before encoder ids were recorded: kept only if its vectors are these encoders' (an index inside a
+        # zoo folder, ZOO/index, has the models' signatures beside it)
+        adopt_or_close(idx, folder.parent / "signatures", enc)
         metadata = {"name": args.name, "task": args.task, "family": args.family, "arch": args.arch,
                     "params": int(args.params), "num_classes": int(sig.num_classes)}
         try:

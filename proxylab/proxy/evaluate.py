@@ -9,9 +9,8 @@ and the aggregate over layers: the candidate's cost no longer depends on N.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from proxylab.proxy.errors import InvalidProxy
 from proxylab.proxy.inputs import PreparedStats, prepare
 from proxylab.proxy.language import SCALAR_INPUTS, SIGNATURES, TENSOR_INPUTS
 from proxylab.proxy.parse import Node
+from proxylab.utils import torch_threads  # noqa: F401  (one implementation, used here and by core)
 
 _OPS = {**ops.UNARY_T, **ops.BINARY_T, **ops.REDUCE, **ops.BINARY_S, **ops.UNARY_S}
 
@@ -87,20 +87,6 @@ def _run_layer(program: Program, prep: PreparedStats, layer: int) -> torch.Tenso
     return vals[-1]
 
 
-@contextmanager
-def torch_threads(n: Optional[int]) -> Iterator[None]:
-    """Run with n intra-op threads, then restore. Proxy tensors are small (stats bound each activation to
-    ~65k values), and on such sizes torch's thread synchronisation costs more than it saves: measured 10x
-    slower with 2 threads than 1 on a busy 2-core machine. Parallelise over candidates instead."""
-    if n is None or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def layer_table(program: Program, stats, dtype=torch.float64, threads: Optional[int] = 1) -> np.ndarray:

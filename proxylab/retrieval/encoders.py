@@ -193,8 +193,9 @@ class KernelMap:
     def dim(self) -> int:
         return 2 * self.n_features
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
+        """Hash of the random features (fixed once drawn): hashed once, not on every Encoders.id."""
         import hashlib
 
         h = hashlib.sha256()

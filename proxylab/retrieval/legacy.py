@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from proxylab.errors import ProxylabError
 from proxylab.retrieval.index import EncoderMismatchError, LegacyIndexError, ModelIndex
 from proxylab.utils import PathLike
 
@@ -62,3 +63,12 @@ def adopt_if_vectors_match(index: ModelIndex, signatures_dir: Optional[PathLike]
                 "built with (--encoders FILE)")
     index.adopt_encoder(encoders.id)
     return True
+
+
+def adopt_or_close(index: ModelIndex, signatures_dir: Optional[PathLike], encoders) -> bool:
+    """adopt_if_vectors_match for a caller that opened ``index`` just now: closed again when the check refuses."""
+    try:
+        return adopt_if_vectors_match(index, signatures_dir, encoders)
+    except ProxylabError:
+        index.close()
+        raise

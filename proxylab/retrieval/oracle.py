@@ -26,7 +26,7 @@ import numpy as np
 
 from proxylab.errors import ProxylabError, require
 from proxylab.retrieval.tasks import QuerySpec, default_queries
-from proxylab.utils import PathLike, atomic_write_text
+from proxylab.utils import PathLike, atomic_write_text, torch_threads
 from proxylab.nets.hooks import measuring
 
 ORACLE_FIELDS = ("model_id", "model", "model_task", "query", "query_task", "query_kind", "split", "n_per_class",
@@ -119,8 +119,6 @@ def compute_oracle(zoo_dir: PathLike, queries: Optional[Sequence[QuerySpec]] = N
     """Ground truth for every (model, query) pair; cached and resumable. Returns the rows of the asked pairs.
 
     `queries` default: ``default_queries()`` (every same-task and new task, 5/10/20 shots, test split)."""
-    import torch
-
     from proxylab.retrieval.zoo import load_zoo
 
     zoo = load_zoo(zoo_dir)
@@ -131,15 +129,12 @@ def compute_oracle(zoo_dir: PathLike, queries: Optional[Sequence[QuerySpec]] = N
     cache_dir.mkdir(parents=True, exist_ok=True)
     from threadpoolctl import threadpool_limits
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     # One BLAS thread: on a busy machine sklearn's default thread pool made each tiny probe fit ~30x slower
     # (0.14 s vs 3 s for 200 x 24 features, measured at load 12 on 2 cores).
-    limits = threadpool_limits(1)
     out: List[Dict[str, Any]] = []
     changed = False
     start = time.perf_counter()
-    try:
+    with torch_threads(1), threadpool_limits(1):
         for n, model_id in enumerate(wanted_ids, 1):
             row = zoo.get(model_id)
             path = cache_dir / f"{row['name']}.csv"
@@ -154,9 +149,6 @@ def compute_oracle(zoo_dir: PathLike, queries: Optional[Sequence[QuerySpec]] = N
                     print(f"oracle [{n}/{len(wanted_ids)}] {row['name']}: {len(missing)} queries "
                           f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
             out.extend(have[q.key] for q in queries)
-    finally:
-        torch.set_num_threads(threads)
-        limits.restore_original_limits()
     if changed or not (Path(zoo_dir) / "oracle" / "oracle.csv").is_file():
         gather_oracle(zoo_dir)  # re-reads every per-model file: skipped when nothing was added
     return out
@@ -198,8 +190,6 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
     own models on the task's labelled images. A cached row counts only for the same weights (sha256) and image
     count; stale rows are recomputed.
     """
-    import torch
-
     from proxylab.retrieval.tasks import get_task
     from proxylab.retrieval.zoo import load_zoo
 
@@ -223,10 +213,8 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
         else:
             todo.setdefault(row["task"], []).append(int(i))
     if todo:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
         start = time.perf_counter()
-        try:
+        with torch_threads(1):
             for task_name, ids in sorted(todo.items()):
                 x, y = get_task(task_name).data("calib", limit=max_images, seed=0)
                 for i in ids:
@@ -241,8 +229,6 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
                 if progress:
                     print(f"calibration accuracy: {task_name} {len(ids)} models, {len(y)} images "
                           f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-        finally:
-            torch.set_num_threads(threads)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CALIB_FIELDS, lineterminator="\n")
         writer.writeheader()

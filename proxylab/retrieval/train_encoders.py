@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from proxylab.errors import require
-from proxylab.utils import PathLike, atomic_write_json
+from proxylab.utils import PathLike, atomic_write_json, torch_threads
 
 if TYPE_CHECKING:
     from proxylab.retrieval.signature import Signature
@@ -243,8 +243,6 @@ def own_accuracy_targets(zoo_dir: PathLike, ids: Sequence[int], progress: bool =
 def train_on_zoo(zoo_dir: PathLike, config: Optional[TrainConfig] = None, train_fraction: float = TRAIN_FRACTION,
                  split_seed: int = 0, extractor=None, progress: bool = True):
     """Train encoders on the train part of a built zoo (signatures captured). Returns (encoders, report dict)."""
-    import torch
-
     from proxylab.retrieval.features import FeatureExtractor
     from proxylab.retrieval.tasks import SOURCE_TASKS
     from proxylab.retrieval.zoo import load_zoo
@@ -260,12 +258,8 @@ def train_on_zoo(zoo_dir: PathLike, config: Optional[TrainConfig] = None, train_
     targets = own_accuracy_targets(zoo_dir, train_ids, progress)
     bank = task_feature_bank([SOURCE_TASKS[t] for t in sorted(set(tasks.values()))], fx, "train",
                              cfg.images_per_task, cfg.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         enc, history = train_encoders(sigs, tasks, bank, fx.id, cfg, targets, progress)
-    finally:
-        torch.set_num_threads(threads)
     enc._extractor = fx
     report = {"zoo": str(zoo_dir), "train_fraction": train_fraction, "split_seed": split_seed,
               "train_ids": train_ids, "test_ids": test_ids, "extractor": fx.id, "config": asdict(cfg),
@@ -300,8 +294,6 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     train_seed "mean"). Rows: variant, learned_weight, n_features, train_seed, kernel_seed, top1_task, ...
     """
     from proxylab.retrieval.encoders import KernelMap
-    import torch
-
     from proxylab.retrieval.evaluate import validate_encoders, validation_queries
     from proxylab.retrieval.features import FeatureExtractor
     from proxylab.retrieval.tasks import SOURCE_TASKS
@@ -336,14 +328,11 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     seeds = list(train_seeds) if train_seeds else [cfg.seed]
     per_seed: Dict[tuple, List[Dict]] = {}
     rows = []
+    inner_sigs, inner_tasks = {i: zoo.signature(i) for i in inner}, {i: tasks[i] for i in inner}  # read once
     for train_seed in seeds:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            learned, _ = train_encoders({i: zoo.signature(i) for i in inner}, {i: tasks[i] for i in inner}, bank,
-                                        fx.id, replace(cfg, seed=int(train_seed)), targets, progress)
-        finally:
-            torch.set_num_threads(threads)
+        with torch_threads(1):
+            learned, _ = train_encoders(inner_sigs, inner_tasks, bank, fx.id, replace(cfg, seed=int(train_seed)),
+                                        targets, progress)
         learned._extractor = fx
         variants = [("learned", 1.0, "", [(None, learned)])] + [
             ("kernel" if w == 0 else "kernel+learned", w, nf,

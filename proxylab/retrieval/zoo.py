@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from proxylab.errors import ProxylabError, require
-from proxylab.utils import PathLike, atomic_write_json, atomic_write_text, sha256_bytes
+from proxylab.utils import PathLike, atomic_write_json, atomic_write_text, sha256_bytes, torch_threads
 
 ZOO_FORMAT = "proxylab-zoo-1"
 ARCH_FAMILIES = ("resnet20", "resnet18", "mobilenetv2", "vgg_small")
@@ -198,9 +198,7 @@ def train_model(plan: ModelPlan) -> Tuple[Dict[str, Any], bytes]:
     from proxylab.nets import count_params, train_net
     from proxylab.retrieval.tasks import get_task
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # results must not depend on the worker's core count
-    try:
+    with torch_threads(1):  # results must not depend on the worker's core count
         task = get_task(plan.task)
         pool_x, pool_y, test_x, test_y = task_pool(plan.task)
         train = (pool_x[:plan.train_size], pool_y[:plan.train_size])
@@ -226,8 +224,6 @@ def train_model(plan: ModelPlan) -> Tuple[Dict[str, Any], bytes]:
                       width=float(plan.kwargs.get("width", 1.0)), weights="weights.pt",
                       weights_sha256=sha256_bytes(data), torch=torch.__version__)
         return config, data
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _write_model(models_dir: Path, config: Dict[str, Any], data: bytes) -> None:
@@ -425,14 +421,9 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
     encoder_id = encoders.id
     idx = (ModelIndex.open(str(path), encoder_id=encoder_id) if _has_index(path)
            else ModelIndex.create(str(path), encoders.dim, encoder_id=encoder_id))
-    if idx.legacy:
-        from proxylab.retrieval.legacy import adopt_if_vectors_match
+    from proxylab.retrieval.legacy import adopt_or_close
 
-        try:
-            adopt_if_vectors_match(idx, Path(zoo_dir) / "signatures", encoders)
-        except ProxylabError:
-            idx.close()
-            raise
+    adopt_or_close(idx, Path(zoo_dir) / "signatures", encoders)  # an index made before encoder ids: proven or refused
     present = {m["name"] for m in idx.list()}
     added = 0
     for row in zoo.manifest:

@@ -16,9 +16,8 @@ import numpy as np
 import yaml
 
 from proxylab.errors import ProxylabError
-from proxylab.utils import rows_to_csv  # noqa: F401  (re-exported: benchmarks import it from here)
 from proxylab.search.state import SearchState
-from proxylab.utils import atomic_write_json, atomic_write_text
+from proxylab.utils import atomic_write_json, atomic_write_text, rows_to_csv
 
 CONFIG = "config.yaml"
 EXECUTION_KEYS = ("checkpoint_every", "scheduler")  # how a run executes, not what it computes

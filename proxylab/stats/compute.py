@@ -31,8 +31,9 @@ _DEFAULT = object()
 
 def default_cache_dir() -> Path:
     """$PROXYLAB_CACHE/stats, or ~/.cache/proxylab/stats when the variable is unset."""
-    root = os.environ.get("PROXYLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "proxylab")
-    return Path(root) / "stats"
+    from proxylab.utils import cache_root
+
+    return cache_root() / "stats"
 
 
 def _validate_bits(bit_choices: Sequence[int]) -> tuple:

@@ -61,10 +61,9 @@ class NetworkStats:
         self._index = {name: i for i, name in enumerate(self.layer_names)}
         self._qerr: Dict[Tuple[int, int], torch.Tensor] = {}
         self.extras: Dict[str, Any] = dict(extras or {})
-        if "gram" in self.extras and len(self.extras["gram"]) != n:
-            raise ValueError(f"extras 'gram' has {len(self.extras['gram'])} layers, expected {n}")
-        if "synflow_log" in self.extras and len(self.extras["synflow_log"]) != n:
-            raise ValueError(f"extras 'synflow_log' has {len(self.extras['synflow_log'])} layers, expected {n}")
+        for key in ("gram", "synflow_log"):
+            if key in self.extras and len(self.extras[key]) != n:
+                raise ValueError(f"extras '{key}' has {len(self.extras[key])} layers, expected {n}")
 
     # ----------------------------------------------------------------- lookup
     def __len__(self) -> int:
