@@ -204,13 +204,12 @@ def _synflow_logs(stats) -> np.ndarray:
     """log(params * mean|V * W|) per layer: the float64 extras when present, else from the float32 ``V``."""
     if "synflow_log" in stats.extras:
         return stats.synflow_log()
-    out = []
-    for l in range(len(stats.layer_names)):
-        v = stats.tensor(l, "virtual_grad").to(torch.float64)
-        w = stats.tensor(l, "weight").to(torch.float64)
-        s = float((v * w).abs().mean()) * float(stats.params[l])
-        out.append(math.log(s) if s > 0 else -math.inf)
-    return np.array(out, dtype=np.float64)
+    from proxylab.stats.extras import synflow_logs_from
+
+    layers = range(len(stats.layer_names))
+    return np.array(synflow_logs_from([stats.tensor(l, "weight") for l in layers],
+                                      [stats.tensor(l, "virtual_grad") for l in layers], stats.params),
+                    dtype=np.float64)
 
 
 class SynFlow(_NamedKnown):

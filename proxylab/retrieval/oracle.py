@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import sys
 import time
 import warnings
@@ -26,7 +25,7 @@ import numpy as np
 
 from proxylab.errors import ProxylabError, require
 from proxylab.retrieval.tasks import QuerySpec, default_queries
-from proxylab.utils import PathLike, atomic_write_text, torch_threads
+from proxylab.utils import PathLike, atomic_write_text, rows_to_csv, torch_threads
 from proxylab.nets.hooks import measuring
 
 ORACLE_FIELDS = ("model_id", "model", "model_task", "query", "query_task", "query_kind", "split", "n_per_class",
@@ -106,12 +105,7 @@ def _read_rows(path: Path) -> List[Dict[str, Any]]:
 
 
 def _write_rows(path: Path, rows: Iterable[Dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=ORACLE_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r[k] for k in ORACLE_FIELDS})
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, rows_to_csv(rows, ORACLE_FIELDS))
 
 
 def compute_oracle(zoo_dir: PathLike, queries: Optional[Sequence[QuerySpec]] = None,
@@ -204,8 +198,10 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
                 cached[int(r["model_id"])] = r
     out: Dict[int, float] = {}
     todo: Dict[str, List[int]] = {}
+    shas: Dict[int, str] = {}
     for i in wanted:
         row, sha = zoo.get(i), zoo.config(i).get("weights_sha256", "")
+        shas[int(i)] = sha  # config.json read once per model
         c = cached.get(int(i))
         if (c is not None and c["weights_sha256"] == sha and c["task"] == row["task"] and c["split"] == "calib"
                 and c.get("max_images") == str(max_images)):
@@ -224,18 +220,12 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
                     acc = float((probs.argmax(1) == y.numpy()).mean())
                     out[i] = acc
                     cached[i] = {"model_id": i, "model": row["name"], "task": task_name,
-                                 "weights_sha256": zoo.config(i).get("weights_sha256", ""), "split": "calib",
+                                 "weights_sha256": shas[i], "split": "calib",
                                  "max_images": str(max_images), "images": int(len(y)), "calib_acc": round(acc, 6)}
                 if progress:
                     print(f"calibration accuracy: {task_name} {len(ids)} models, {len(y)} images "
                           f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CALIB_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for i in sorted(cached):
-            writer.writerow({k: cached[i][k] for k in CALIB_FIELDS})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, buf.getvalue())
+        atomic_write_text(path, rows_to_csv([cached[i] for i in sorted(cached)], CALIB_FIELDS))
     return {i: out[int(i)] for i in wanted}
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from proxylab.errors import ProxylabError, require
-from proxylab.utils import PathLike, atomic_write_json, atomic_write_text, sha256_bytes, torch_threads
+from proxylab.utils import PathLike, atomic_write_json, atomic_write_text, rows_to_csv, sha256_bytes, torch_threads
 
 ZOO_FORMAT = "proxylab-zoo-1"
 ARCH_FAMILIES = ("resnet20", "resnet18", "mobilenetv2", "vgg_small")
@@ -268,13 +268,8 @@ def finished_models(zoo_dir: PathLike) -> Dict[int, Dict[str, Any]]:
 def write_manifest(zoo_dir: PathLike) -> Path:
     """manifest.csv from the finished model folders (the folders are the truth; this is their table)."""
     rows = [finished for _, finished in sorted(finished_models(zoo_dir).items())]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow(r)
     path = Path(zoo_dir) / "manifest.csv"
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, rows_to_csv(rows, MANIFEST_FIELDS))
     return path
 
 

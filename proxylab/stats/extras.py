@@ -58,9 +58,14 @@ def synflow_log_saliency(model: nn.Module, layers: NamedLayers, input_shape: Seq
     """log(params_l * mean |V_l * W_l|) per layer, float64, from collect.synflow_grads (SynFlow's
     linearization, bounded activations as ReLUs) before any float32 rounding or rescaling."""
     weights, grads = synflow_grads(model, layers, input_shape)
+    return synflow_logs_from(weights, grads, params)
+
+
+def synflow_logs_from(weights, grads, params: Sequence[int]) -> List[float]:
+    """log(params_l * mean |V_l * W_l|) per layer in float64 (-inf for a zero saliency or a missing V)."""
     logs = []
     for w, g, p in zip(weights, grads, params):
-        s = 0.0 if g is None else float((g.abs() * w.abs()).mean())
+        s = 0.0 if g is None else float((g.to(torch.float64).abs() * w.to(torch.float64).abs()).mean())
         logs.append(math.log(s) + math.log(int(p)) if s > 0 and int(p) > 0 else -math.inf)
     return logs
 
