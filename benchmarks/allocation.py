@@ -5,15 +5,19 @@ here on shapes-texture), at size budgets 25% / 50% / 75% of the way from all-2-b
 in proxylab.allocate.ALLOCATORS picks a configuration and its real PTQ accuracy is measured on the test split
 (the table's own protocol and activation bits; the resnet18-shapes table's for the network in no table).
 
-proxylab's allocator uses a SEARCHED proxy: for each table, the best_proxy.txt of
-    proxylab search --bench TABLE --space extended --pop 50 --iters 1000 --seed 0 --out runs/alloc-TABLE
+proxylab's allocator uses the proxy a search hands to allocation: for each table, the best_proxy.txt of
+    proxylab search --bench TABLE --space extended --pop 50 --iters 1000 --seed 0 --select-by allocation
+        --out runs/alloc-TABLE-by-allocation
 and for the network in no table (the transfer case: nothing of it is looked at before allocating) the one of
     proxylab search --bench resnet20-mnist5k,mobilenetv2-animal,resnet18-shapes --space extended --pop 50
-        --iters 1000 --seed 0 --out runs/alloc-transfer
-The script runs a search whose folder lacks best_proxy.txt. A search ranks its hall of fame on the tables'
-*select* split; allocation accuracy never feeds back into the choice. benchmarks/results/allocation_proxies.csv
-records the formulas, so `--proxies-csv` reproduces the CSV without searching. `--known` uses instead the known
-proxy with the best select-split Spearman (the earlier behaviour).
+        --iters 1000 --seed 0 --select-by allocation --out runs/alloc-transfer-by-allocation
+The script runs a search whose folder lacks best_proxy.txt. `--select-by allocation`
+(proxylab.search.alloc_check) picks, among the hall of fame and the known proxies, the one whose ILP
+allocations at 20/35/50/65/80% budgets are the most accurate on the tables' CALIB split; this script measures
+on the TEST split at 25/50/75%, so no measurement here feeds back into the choice. `--select-by min` reproduces
+the earlier runs (runs/alloc-TABLE: the hall-of-fame member with the best select-split Spearman).
+benchmarks/results/allocation_proxies.csv records the formulas, so `--proxies-csv` reproduces the CSV without
+searching. `--known` uses instead the known proxy with the best select-split Spearman.
 
 Noise: each accuracy is also measured on the two halves of the test split (a fixed seeded cut). The
 split-half estimate of one accuracy's standard error is |acc_a - acc_b| / 2, and proxylab ties a baseline
@@ -51,20 +55,26 @@ EXTRA = dict(net="resnet18", data="shapes-texture", kwargs={"width": 0.25, "stem
 EXTRA_NAME = f"{EXTRA['net']}-{EXTRA['data']}"
 COLUMNS = ["net", "source", "budget_frac", "budget_mb", "allocator", "proxy", "proxy_origin", "size_mb", "bitops",
            "acc", "acc_half_a", "acc_half_b", "noise", "proxylab_result", "bits", "seconds"]
-PROXY_COLUMNS = ["net", "searched_on", "proxy", "select_fitness", "search_fitness", "run_dir", "command"]
+PROXY_COLUMNS = ["net", "searched_on", "proxy", "origin", "select_fitness", "search_fitness", "alloc_acc_calib",
+                 "run_dir", "command"]
 
 
-def search_command(tables, out: Path) -> List[str]:
+def search_command(tables, out: Path, select_by: str) -> List[str]:
     return ["search", "--bench", ",".join(tables), "--space", SEARCH["space"], "--pop", str(SEARCH["pop"]),
-            "--iters", str(SEARCH["iters"]), "--seed", str(SEARCH["seed"]), "--out", str(out), "--no-progress",
-            "--format", "json"]
+            "--iters", str(SEARCH["iters"]), "--seed", str(SEARCH["seed"]), "--select-by", select_by,
+            "--out", str(out), "--no-progress", "--format", "json"]
 
 
-def searched_proxy(net: str, tables, run_dir: Path) -> dict:
+def run_dir(name: str, select_by: str) -> Path:
+    # runs/alloc-NAME holds the earlier searches (select_by min); other picks get their own folder
+    return RUNS / (f"alloc-{name}" if select_by == "min" else f"alloc-{name}-by-{select_by}")
+
+
+def searched_proxy(net: str, tables, run_dir: Path, select_by: str) -> dict:
     """The best_proxy.txt of a search over ``tables`` (run now when the folder has none)."""
-    argv = search_command(tables, run_dir)
+    argv = search_command(tables, run_dir, select_by)
     rel = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
-    shown = "proxylab " + " ".join(search_command(tables, rel)[:-3])  # as typed in the repository root
+    shown = "proxylab " + " ".join(search_command(tables, rel, select_by)[:-3])  # as typed in the repository root
     best = run_dir / "best_proxy.txt"
     if not best.is_file():
         from proxylab.cli import main as cli
@@ -75,18 +85,22 @@ def searched_proxy(net: str, tables, run_dir: Path) -> dict:
         if cli(argv) != 0 or not best.is_file():
             raise ProxylabError(f"the search for {net} failed; run `{shown}` by hand to see why")
     formula = best.read_text().strip()
-    fit = {}
-    hof = run_dir / "hall_of_fame.csv"
-    if hof.is_file():
-        with open(hof, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("proxy", row.get("formula")) == formula:
-                    fit = row
-                    break
+    fit = _row_of(run_dir / "hall_of_fame.csv", formula)
+    check = _row_of(run_dir / "allocation_check.csv", formula)
     return {"net": net, "searched_on": ",".join(tables), "proxy": formula,
-            "select_fitness": fit.get("select_fitness", ""), "search_fitness": fit.get("search_fitness", ""),
-            "run_dir": str(rel),
-            "command": shown}
+            "origin": check.get("origin", "searched"),
+            "select_fitness": fit.get("select_fitness", check.get("select_fitness", "")),
+            "search_fitness": fit.get("search_fitness", ""), "alloc_acc_calib": check.get("alloc_acc", ""),
+            "run_dir": str(rel), "command": shown}
+
+
+def _row_of(path: Path, formula: str) -> dict:
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("formula") == formula:
+                    return row
+    return {}
 
 
 def best_known_proxy(tables) -> dict:
@@ -100,14 +114,14 @@ def best_known_proxy(tables) -> dict:
     best, fitness, _ = best_known(loaded, [stats_for_table(t) for t in loaded], "mean")
     if best is None:
         raise ProxylabError(f"no known proxy is valid on every one of {', '.join(tables)}; run the search instead")
-    return {"proxy": best, "select_fitness": fitness, "searched_on": ",".join(tables),
+    return {"proxy": best, "origin": "known", "select_fitness": fitness, "searched_on": ",".join(tables),
             "search_fitness": "", "run_dir": "", "command": "best known proxy on the select split"}
 
 
 def choose_proxies(args, tables) -> List[dict]:
-    nets = [(t, [t], RUNS / f"alloc-{t}") for t in tables]
+    nets = [(t, [t], run_dir(t, args.select_by)) for t in tables]
     if args.extra:
-        nets.append((EXTRA_NAME, list(TABLES), RUNS / "alloc-transfer"))
+        nets.append((EXTRA_NAME, list(TABLES), run_dir("transfer", args.select_by)))
     if args.proxies_csv:
         with open(args.proxies_csv, newline="") as f:
             given = {r["net"]: r for r in csv.DictReader(f)}
@@ -117,7 +131,7 @@ def choose_proxies(args, tables) -> List[dict]:
         return [given[n] for n, _, _ in nets]
     if args.known:
         return [dict(best_known_proxy(on), net=n) for n, on, _ in nets]
-    return [searched_proxy(n, on, d) for n, on, d in nets]
+    return [searched_proxy(n, on, d, args.select_by) for n, on, d in nets]
 
 
 def measure_all(name, source, problem, proxy, origin, seed, rows, measure):
@@ -254,6 +268,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", default=",".join(TABLES))
     ap.add_argument("--proxies-csv", help="take the proxies from a former run's allocation_proxies.csv (no search)")
     ap.add_argument("--known", action="store_true", help="best known proxy on the select split instead of a search")
+    ap.add_argument("--select-by", choices=("allocation", "min", "mean"), default="allocation",
+                    help="the searches' pick (default allocation; min: the earlier runs, by select Spearman)")
     ap.add_argument("--no-extra", dest="extra", action="store_false", help="skip the network in no table")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
@@ -273,7 +289,11 @@ def main(argv=None) -> int:
 
     def origin(net):
         p = proxies[net]
-        return f"{p['command']} (select fitness {float(p['select_fitness']):.3f})" if p["select_fitness"] else p["command"]
+        picked = f"; its allocation check picked the known proxy {p['proxy']}" if p.get("origin") == "known" and p["run_dir"] else ""
+        fitness = f"select fitness {float(p['select_fitness']):.3f}" if p["select_fitness"] else ""
+        calib = f"calib allocation acc {float(p['alloc_acc_calib']):.4f}" if p.get("alloc_acc_calib") else ""
+        said = "; ".join(x for x in (fitness, calib) if x)
+        return f"{p['command']}{picked}" + (f" ({said})" if said else "")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

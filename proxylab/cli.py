@@ -83,6 +83,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _finite(v: Any) -> Any:
+    """NaN/inf as null: json.dumps would print NaN, which strict JSON parsers (jq, JavaScript) reject."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def render_table(rows: List[Dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"
@@ -100,7 +111,7 @@ def render(result: Any, fmt: str) -> str:
     if result is None:
         return ""
     if fmt == "json":
-        return json.dumps(result, indent=2, default=str)
+        return json.dumps(_finite(result), indent=2, default=str)
     if isinstance(result, list):
         return render_table(result)
     if isinstance(result, dict):

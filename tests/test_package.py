@@ -41,3 +41,14 @@ def test_every_command_module_loads_and_parses_help(name):
     with pytest.raises(SystemExit) as exc:
         main(name.split() + ["--help"])
     assert exc.value.code == 0
+
+
+def test_json_output_is_strict_json():
+    """A NaN in a command's result (e.g. an invalid proxy's Spearman) prints as null, not as bare NaN."""
+    import json
+
+    from proxylab.cli import render
+
+    text = render({"a": float("nan"), "rows": [{"b": float("inf"), "c": 1.5}], "t": (float("-inf"), 2)}, "json")
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == {
+        "a": None, "rows": [{"b": None, "c": 1.5}], "t": [None, 2]}

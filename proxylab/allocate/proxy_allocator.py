@@ -48,13 +48,14 @@ def allocate_with_proxy(
     allocator: str = "proxylab",
     population: int = 40,
     generations: int = 80,
+    ilp_time_limit: float = 120.0,
 ) -> Allocation:
     _need_stats(problem, f"the {allocator} allocator")
     p = resolve_proxy(proxy)
     table = proxy_layer_table(p, problem)
     aggregator = str(p.aggregator)
     if aggregator in DECOMPOSABLE:
-        res = solve_ilp(problem, table, budget, aggregator=aggregator, allocator=allocator)
+        res = solve_ilp(problem, table, budget, aggregator=aggregator, allocator=allocator, time_limit=ilp_time_limit)
     else:
         problem.check_feasible(budget)
         rows = np.arange(problem.num_layers)
@@ -64,7 +65,7 @@ def allocate_with_proxy(
         def score_fn(bits: np.ndarray) -> np.ndarray:
             return aggregate(table[rows, pos[bits]], aggregator)
 
-        warm = solve_ilp(problem, table, budget, aggregator="mean").bits
+        warm = solve_ilp(problem, table, budget, aggregator="mean", time_limit=ilp_time_limit).bits
         res = allocate_evolution(problem, score_fn, budget, population=population, generations=generations,
                                  seed=seed, initial=[warm], allocator=allocator)
     res.extra["proxy"] = str(p)

@@ -50,7 +50,10 @@ def half_mask(n: int, seed: int) -> np.ndarray:
 
 
 class Measurer:
-    def __init__(self, spec: MeasureSpec):
+    """``split``: the images accuracies are measured on; "test" builds tables, "calib" lets the search validate
+    allocations without ever touching a test image (PTQ reads calib images but never their labels)."""
+
+    def __init__(self, spec: MeasureSpec, split: str = "test"):
         import torch
 
         from proxylab.bench.weights import build_network, load_weights_into
@@ -61,11 +64,16 @@ class Measurer:
         load_weights_into(model, "weights.pt", data=spec.weights)
         model.eval()
         ds = get_dataset(spec.data, seed=spec.data_seed)
+        if split not in ("test", "calib"):
+            from proxylab.errors import ProxylabError
+
+            raise ProxylabError(f"a Measurer measures on the 'test' or 'calib' split, got {split!r}")
         self.spec = spec
         self.model = model
         self.qn = QuantizedNetwork(model, ds.calib.x, bit_choices=spec.bit_choices, act_bits=spec.act_bits,
                                    protocol=spec.protocol, per_channel=spec.per_channel, calib_size=spec.calib_size)
-        self.x, self.y = ds.test.x, ds.test.y
+        measured = ds.test if split == "test" else ds.calib
+        self.x, self.y = measured.x, measured.y
         self.mask_a = torch.from_numpy(half_mask(len(self.y), spec.halves_seed))
         # apply() changes the network in place: a worker with several threads must not interleave two configs
         self._lock = threading.Lock()

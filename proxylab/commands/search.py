@@ -5,6 +5,7 @@ import argparse
 from typing import Any, Dict
 
 from proxylab.commands._base import Command
+from proxylab.search.alloc_check import DEFAULT_FRACTIONS
 
 
 class Search(Command):
@@ -24,10 +25,16 @@ class Search(Command):
                             help="Dask scheduler address (tcp://host:8786): evaluate fitness on that cluster")
         parser.add_argument("--fitness", choices=("mean", "min"), default="mean",
                             help="combine per-table search-split Spearman by mean or min (default mean)")
-        parser.add_argument("--select-by", choices=("mean", "min"), default="min",
+        parser.add_argument("--select-by", choices=("mean", "min", "allocation"), default="min",
                             help="pick the run's best from the hall of fame by the mean or the worst (min) "
                                  "per-table select-split Spearman (default min; the same rule picks the best "
-                                 "known proxy it is compared with)")
+                                 "known proxy it is compared with), or by allocation: the hall of fame and the "
+                                 "known proxies allocate bits on each table's network and the most accurate "
+                                 "allocations on the calib split win (for `proxylab allocate`; needs tables that "
+                                 "ship their weights)")
+        parser.add_argument("--alloc-fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
+                            help="with --select-by allocation: size budgets as fractions of the way from "
+                                 "all-lowest to all-highest bits (default %(default)s)")
         parser.add_argument("--no-dps", action="store_true", help="ablation: no diversity-prompting newcomer")
         parser.add_argument("--no-csp", action="store_true",
                             help="ablation: no compatibility screening (no early rejection, no equivalence check)")
@@ -52,22 +59,25 @@ class Search(Command):
             from proxylab.plots import check_plot_path
 
             check_plot_path(args.plot)  # fail now, not after the search
+        fractions = _fractions(args.alloc_fractions)
         tables = [load_table(n) for n in names]
         search = ProxySearch(
             space=args.space, pop=args.pop, iters=args.iters, seed=args.seed, fitness=args.fitness,
             select_by=args.select_by, dps=not args.no_dps, csp=not args.no_csp, osp=not args.no_osp, tries=args.tries,
             hof_size=args.hof_size, checkpoint_every=args.checkpoint_every, out_dir=args.out,
-            resume=args.resume, scheduler=args.scheduler, progress=not args.no_progress,
+            resume=args.resume, scheduler=args.scheduler, progress=not args.no_progress, alloc_fractions=fractions,
         ).fit(tables)
         if args.plot:
             from proxylab.plots import search_history
 
             search_history(search, args.plot, title=f"proxy search on {args.bench}")
-        best = search.hall_of_fame_[0]
+        best = search.best_row_
         rej = search.rejections_
         keep = ("table", "proxy", "role", "spearman", "kendall", "select_spearman", "noise_ceiling")
         return {
             "best_proxy": search.best_formula_,
+            "best_origin": search.best_origin_,
+            **({"allocation_acc_calib": best["alloc_acc"]} if "alloc_acc" in best else {}),
             "search_fitness": best["search_fitness"],
             "select_fitness": best["select_fitness"],
             "rejected_early": sum(rej["early"].values()),
@@ -78,3 +88,14 @@ class Search(Command):
             "out": str(args.out),
             "test_split": [{k: r[k] for k in keep} for r in search.results_],
         }
+
+
+def _fractions(text: str) -> tuple:
+    from proxylab.errors import ProxylabError
+    from proxylab.search.alloc_check import check_fractions
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ProxylabError(f"--alloc-fractions must be comma-separated numbers in (0, 1), got {text!r}") from None
+    return check_fractions(values)

@@ -19,7 +19,10 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from proxylab.allocate.proxy_allocator import resolve_proxy
 from proxylab.errors import ProxylabError
+from proxylab.search.alloc_check import (DEFAULT_FRACTIONS, Candidate, allocation_check, calib_measures,
+                                         check_fractions, chosen_row)
 from proxylab.search.dispatch import Dispatcher, make_dispatcher
 from proxylab.search.evaluate import FitnessEvaluator, Outcome
 from proxylab.search.genome import Genome, GenomeSampler
@@ -38,16 +41,21 @@ class ProxySearch:
     """Evolve a proxy formula against bench tables (scikit-learn style: the constructor only stores).
 
     ``fitness`` combines per-table search-split Spearman during evolution; ``select_by`` combines per-table
-    select-split Spearman when the run's best is picked from the hall of fame (both 'mean' or 'min').
-    After ``fit``: ``best_proxy_`` (Proxy), ``best_formula_``, ``hall_of_fame_`` (rows, best first by
-    select fitness), ``history_`` (one row per iteration), ``rejections_`` (counts by stage and reason,
-    and ``early_share``), ``counters_``, ``wall_time_``.
+    select-split Spearman when the run's best is picked from the hall of fame (both 'mean' or 'min'), or is
+    'allocation': the hall of fame (ranked by the worst table's select Spearman) and the known proxies allocate
+    bits at ``alloc_fractions`` of the size range on every table's network, and the candidate whose allocations
+    are the most accurate on the calib split is the answer (proxylab.search.alloc_check).
+    After ``fit``: ``best_proxy_`` (Proxy), ``best_formula_``, ``best_row_`` (the chosen candidate's row),
+    ``best_origin_`` ('searched' or 'known'), ``hall_of_fame_`` (rows, best first by select fitness),
+    ``allocation_check_`` (rows, or None), ``history_`` (one row per iteration), ``rejections_`` (counts by
+    stage and reason, and ``early_share``), ``counters_``, ``wall_time_``.
     """
 
     def __init__(self, space="emq", pop: int = 50, iters: int = 1000, seed: int = 0, fitness: str = "mean",
                  select_by: str = "min", dps: bool = True, csp: bool = True, osp: bool = True, tries: int = 8,
                  hof_size: int = 20, probe_configs: int = 32, max_init_samples: Optional[int] = None, checkpoint_every: int = 10,
-                 out_dir=None, resume: bool = False, scheduler: Optional[str] = None, progress: bool = False):
+                 out_dir=None, resume: bool = False, scheduler: Optional[str] = None, progress: bool = False,
+                 alloc_fractions: Sequence[float] = DEFAULT_FRACTIONS):
         self.space = space
         self.pop = pop
         self.iters = iters
@@ -66,6 +74,7 @@ class ProxySearch:
         self.resume = resume
         self.scheduler = scheduler
         self.progress = progress
+        self.alloc_fractions = alloc_fractions
 
     # ------------------------------------------------------------------------------------------ config
     def _validate(self) -> SearchSpace:
@@ -78,9 +87,11 @@ class ProxySearch:
         _positive_int("seed", self.seed, 0)
         if self.fitness not in ("mean", "min"):
             raise ProxylabError(f"fitness must be 'mean' or 'min' (how per-table Spearman combine), got {self.fitness!r}")
-        if self.select_by not in ("mean", "min"):
+        if self.select_by not in ("mean", "min", "allocation"):
             raise ProxylabError(f"select_by must be 'mean' or 'min' (how per-table select-split Spearman combine "
-                                f"to pick the run's best), got {self.select_by!r}")
+                                f"to pick the run's best) or 'allocation', got {self.select_by!r}")
+        if self.select_by == "allocation":
+            check_fractions(self.alloc_fractions)
         return load_space(self.space)
 
     def config(self, space: SearchSpace, tables: Sequence) -> Dict[str, Any]:
@@ -92,6 +103,8 @@ class ProxySearch:
             "tables": [{"name": t.name, "fingerprint": table_fingerprint(t)} for t in tables],
             "pop": int(self.pop), "iters": int(self.iters), "seed": int(self.seed), "fitness": self.fitness,
             "select_by": self.select_by,
+            # only allocation selection reads the budget grid (other runs keep their fingerprints)
+            **({"alloc_fractions": list(check_fractions(self.alloc_fractions))} if self.select_by == "allocation" else {}),
             "dps": bool(self.dps), "csp": bool(self.csp), "osp": bool(self.osp), "tries": int(self.tries),
             "hof_size": int(self.hof_size), "probe_configs": int(self.probe_configs),
             "max_init_samples": self._init_budget(),
@@ -99,18 +112,30 @@ class ProxySearch:
             "checkpoint_every": int(self.checkpoint_every), "scheduler": self.scheduler,
         }
 
+    @property
+    def select_combine(self) -> str:
+        """How per-table select Spearman combine to rank the hall of fame (allocation selection: the worst)."""
+        return "min" if self.select_by == "allocation" else self.select_by
+
     def _init_budget(self) -> int:
         return int(self.max_init_samples) if self.max_init_samples else max(2000, 100 * int(self.pop))
 
     # --------------------------------------------------------------------------------------------- fit
-    def fit(self, tables: Sequence, stats: Optional[Sequence] = None) -> "ProxySearch":
-        """tables: BenchTables (or one); stats: their NetworkStats (default: proxylab.stats.stats_for_table)."""
+    def fit(self, tables: Sequence, stats: Optional[Sequence] = None,
+            measures: Optional[Sequence] = None) -> "ProxySearch":
+        """tables: BenchTables (or one); stats: their NetworkStats (default: proxylab.stats.stats_for_table);
+        measures: with select_by='allocation', per table ``bits -> accuracy`` of an allocation (default: the
+        table's network quantized with its protocol, measured on its data set's calib split)."""
         tables = [tables] if hasattr(tables, "split") else list(tables)
         if not tables:
             raise ProxylabError("ProxySearch.fit needs at least one bench table")
         space = self._validate()
         if stats is not None and len(stats) != len(tables):
             raise ProxylabError(f"got {len(stats)} NetworkStats for {len(tables)} tables: give one per table")
+        if self.select_by == "allocation":  # a table that cannot be measured fails now, before any folder or evolution
+            measures = list(measures) if measures is not None else calib_measures(tables)
+            if len(measures) != len(tables):
+                raise ProxylabError(f"got {len(measures)} measures for {len(tables)} tables: give one per table")
         config = self.config(space, tables)
         fingerprint = run_fingerprint(config)
         # the folder is checked (and refused) before the statistics, which can take minutes, are computed
@@ -141,7 +166,7 @@ class ProxySearch:
         finally:
             dispatcher.close()
 
-        self._finalise(state, tables, stats, dispatcher)
+        self._finalise(state, tables, stats, dispatcher, measures)
         self.wall_time_ = time.perf_counter() - started
         if folder:
             folder.write_outputs(self, tables, stats)
@@ -247,14 +272,15 @@ class ProxySearch:
             "rejected_share": (early + full) / c["candidates"] if c["candidates"] else 0.0,
         })
 
-    def _finalise(self, state: SearchState, tables, stats, dispatcher: Dispatcher) -> None:
+    def _finalise(self, state: SearchState, tables, stats, dispatcher: Dispatcher, measures=None) -> None:
         """Re-rank the hall of fame on the SELECT split; the best there is the run's answer.
 
         With several tables the pick is by ``select_by`` (default: the worst table's select Spearman): a proxy
         that is merely good on average may owe it to one table, while one that holds on every seen table is
-        the better bet for an unseen one (measured in benchmarks/search_quality.py, leave_one_out)."""
+        the better bet for an unseen one (measured in benchmarks/search_quality.py, leave_one_out). With
+        select_by='allocation' the answer is the allocation check's (``_select_by_allocation``)."""
         ranked = sorted(state.hall.items(), key=lambda kv: (-kv[1]["fitness"], kv[1]["order"]))[: self.hof_size]
-        select = FitnessEvaluator.for_tables(tables, stats, split="select", combine=self.select_by, csp=False)
+        select = FitnessEvaluator.for_tables(tables, stats, split="select", combine=self.select_combine, csp=False)
         rows = []
         for rank, (key, rec) in enumerate(ranked):
             proxy, _ = dispatcher.parse(rec["formula"])
@@ -267,13 +293,34 @@ class ProxySearch:
             rows.append(row)
         order = sorted(range(len(rows)), key=lambda i: (-_finite_or(rows[i]["select_fitness"]), i))
         self.hall_of_fame_ = [rows[i] for i in order]
-        best = self.hall_of_fame_[0]
+        best, self.best_origin_, self.allocation_check_ = self.hall_of_fame_[0], "searched", None
+        if self.select_by == "allocation":
+            best = self._select_by_allocation(tables, stats, measures)
+        self.best_row_ = best
         self.best_formula_ = best["formula"]
-        self.best_proxy_ = dispatcher.parse(best["formula"])[0]
+        self.best_proxy_ = resolve_proxy(best["formula"])
         self.history_ = list(state.history)
         self.rejections_ = state.rejection_summary()
         self.counters_ = dict(state.counters, init_samples=state.init_samples)
         self.population_ = [ind.formula for ind in state.population]
+
+
+    def _select_by_allocation(self, tables, stats, measures) -> Dict[str, Any]:
+        """The hall-of-fame member or known proxy whose allocations are the most accurate (alloc_check)."""
+        from proxylab.search.report import best_known
+
+        _, _, known_select = best_known(tables, stats, self.select_combine)
+        searched = [r["formula"] for r in self.hall_of_fame_]
+        candidates = [Candidate(r["formula"], "searched", r["select_fitness"]) for r in self.hall_of_fame_]
+        candidates += [Candidate(name, "known", fit) for name, fit in known_select.items() if name not in searched]
+        rows = allocation_check(candidates, tables, stats, self.alloc_fractions, measures, seed=int(self.seed))
+        self.allocation_check_ = rows
+        chosen = chosen_row(rows)
+        self.best_origin_ = chosen["origin"]
+        hof = next((r for r in self.hall_of_fame_ if r["formula"] == chosen["formula"]), None)
+        base = dict(hof) if hof else {"formula": chosen["formula"], "search_fitness": math.nan,
+                                       "select_fitness": chosen["select_fitness"]}
+        return {**base, "alloc_acc": chosen["alloc_acc"]}
 
 
 def _finite_or(x: float, default: float = -math.inf) -> float:

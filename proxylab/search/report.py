@@ -57,13 +57,14 @@ def best_known(tables, stats, fitness: str = "mean") -> Tuple[Optional[str], flo
     return name, finite[name], scores
 
 
-def results_table(best_proxy, tables, stats, fitness: str = "mean") -> List[Dict[str, Any]]:
-    """Rows for results.csv: per table, the searched proxy and every known proxy on the TEST split."""
+def results_table(best_proxy, tables, stats, fitness: str = "mean", label: str = "searched") -> List[Dict[str, Any]]:
+    """Rows for results.csv: per table, the run's answer (``label``: "searched", or "selected" when the
+    allocation check picked a known proxy) and every known proxy on the TEST split."""
     winner, _, select_scores = best_known(tables, stats, fitness)
-    select_scores["searched"] = combine(
+    select_scores[label] = combine(
         [split_metrics(best_proxy, t, s, "select")["spearman"] for t, s in zip(tables, stats)], fitness)
     rows: List[Dict[str, Any]] = []
-    candidates = [("searched", best_proxy)] + list(known_proxies().items())
+    candidates = [(label, best_proxy)] + list(known_proxies().items())
     for t, st in zip(tables, stats):
         ceiling = float(t.noise_ceiling)
         for name, proxy in candidates:
@@ -71,7 +72,7 @@ def results_table(best_proxy, tables, stats, fitness: str = "mean") -> List[Dict
             m = split_metrics(proxy, t, st, "test")
             rows.append({
                 "table": t.name, "proxy": name, "formula": str(proxy),
-                "role": "searched" if name == "searched" else ("best_known" if name == winner else "known"),
+                "role": label if name == label else ("best_known" if name == winner else "known"),
                 "select_spearman": select, **{m_: m[m_] for m_ in METRICS}, "valid": m["valid"],
                 "select_fitness_all_tables": select_scores.get(name, math.nan),
                 "noise_ceiling": ceiling, "test_rows": int(len(t.split("test"))),

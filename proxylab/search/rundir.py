@@ -88,11 +88,15 @@ class RunFolder:
         atomic_write_text(self.path / "best_proxy.txt", search.best_formula_ + "\n")
         atomic_write_text(self.path / "hall_of_fame.csv", rows_to_csv(search.hall_of_fame_))
         atomic_write_text(self.path / "history.csv", rows_to_csv(search.history_))
-        results = results_table(search.best_proxy_, tables, stats, fitness=search.select_by)
+        if search.allocation_check_ is not None:
+            atomic_write_text(self.path / "allocation_check.csv", rows_to_csv(search.allocation_check_))
+        label = "searched" if search.best_origin_ == "searched" else "selected"
+        results = results_table(search.best_proxy_, tables, stats, fitness=search.select_combine, label=label)
         search.results_ = results
         atomic_write_text(self.path / "results.csv", rows_to_csv(results))
         atomic_write_json(self.path / "summary.json", {
-            "best_proxy": search.best_formula_, "rejections": _json_safe(search.rejections_),
+            "best_proxy": search.best_formula_, "best_origin": search.best_origin_, "selected_by": search.select_by,
+            "rejections": _json_safe(search.rejections_),
             "counters": search.counters_, "wall_time_s": search.wall_time_,
         })
 
