@@ -171,14 +171,19 @@ settings = BuildSettings(net=NET, data=DATA, net_kwargs=NET_KWARGS, epochs=EPOCH
 table = build_table(OUT / "table", settings, progress=False)
 print(f"{len(table)} configurations, float accuracy {table.meta['float_acc']:.3f}, "
       f"quantized {table.acc.min():.3f} .. {table.acc.max():.3f}, noise ceiling {table.noise_ceiling:.3f}")'''),
-    ("md", "## 2 · Search a proxy on your table"),
+    ("md", """## 2 · Search a proxy on your table
+
+`select_by="allocation"`: the search's hall of fame and the known proxies each allocate bits at five size budgets,
+each allocation is quantized and measured on the data set's *calib* images (never the test images), and the proxy
+whose allocations are the most accurate is the answer; a known proxy wins only when it allocates strictly better."""),
     ("code", '''from proxylab import ProxySearch, stats_for_table
 
 stats = stats_for_table(table, hessian=False)
-search = ProxySearch(space="emq", pop=POP, iters=ITERS, seed=SEED).fit([table], [stats])
+search = ProxySearch(space="emq", pop=POP, iters=ITERS, seed=SEED, select_by="allocation").fit([table], [stats])
 proxy = search.best_proxy_
-print("best proxy:", search.best_formula_, "| decomposable:", proxy.decomposable)
-print(f"select-split ρ {search.hall_of_fame_[0]['select_fitness']:.3f}")'''),
+print("best proxy:", search.best_formula_, f"({search.best_origin_})", "| decomposable:", proxy.decomposable)
+print(f"select-split ρ {search.best_row_['select_fitness']:.3f}, calib accuracy of its allocations "
+      f"{search.best_row_['alloc_acc']:.3f}")'''),
     ("md", """## 3 · Allocate bits under size budgets
 
 Budgets run from near all-2-bit to near all-4-bit size. Every allocator answers every budget."""),
