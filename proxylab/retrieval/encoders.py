@@ -27,6 +27,12 @@ the model knows" and "the classes the query has". Means over classes and +- over
 invariant to class order; the frequencies are drawn from a fixed seed by Box-Muller on PCG64 uniforms and
 checked against a stored digest on load. With ``learned_weight`` w > 0 the final vector is
 unit([kernel vector, w * learned vector]) (w chosen on validation, see ``evaluate.validate_encoders``).
+
+Ensemble of learned encoders (format 3). The learned part's quality varies a lot with its training seed, so
+the encoders may hold n independently trained (model, query) encoder pairs ("members"); the learned vector is
+then [l_1, ..., l_n] / sqrt(n) (each l_s unit length), so q . m = kernel similarity + w^2 * the MEAN of the
+members' similarities: averaging removes much of the seed-to-seed noise (validation, ``train_encoders``).
+With one member every vector, and the id, are exactly what a format-2 file gives.
 """
 from __future__ import annotations
 
@@ -41,8 +47,9 @@ from proxylab.errors import ProxylabError
 from proxylab.utils import PathLike, atomic_write_bytes
 
 SHIPPED_ENCODERS = Path(__file__).resolve().parent / "shipped" / "encoders.pt"
-ENCODER_FORMAT = "proxylab-encoders-2"  # 2: + the kernel part (format 1 files still load, learned only)
-_READABLE_FORMATS = ("proxylab-encoders-1", ENCODER_FORMAT)
+# 2: + the kernel part; 3: + several learned members (format 1 and 2 files still load: one member)
+ENCODER_FORMAT = "proxylab-encoders-3"
+_READABLE_FORMATS = ("proxylab-encoders-1", "proxylab-encoders-2", ENCODER_FORMAT)
 
 
 def _torch():
@@ -237,10 +244,14 @@ def class_prototypes(features, labels) -> np.ndarray:
 
 
 class Encoders:
-    """The pair of set encoders, an optional training-free KernelMap, and the id of the extractor they belong to.
+    """Pairs of set encoders (one or more "members"), an optional training-free KernelMap, and the id of the
+    extractor they belong to.
 
     Vector = unit([kernel vector, learned_weight * learned vector]) with a kernel map; the learned vector alone
     without one (format-1 behaviour). learned_weight 0 drops the learned part (a purely training-free vector).
+    The learned vector of n members is [l_1, ..., l_n] / sqrt(n) (module doc). `state`: {"model", "query"}
+    state dicts (one member) or {"members": [{"model", "query"}, ...]}. ``model_net`` / ``query_net`` are the
+    first member's (what training fits).
     """
 
     def __init__(self, feature_dim: int = 128, width: int = 128, dim: int = 128, extractor_id: str = "",
@@ -254,13 +265,43 @@ class Encoders:
         if not (learned_weight >= 0 and np.isfinite(learned_weight)) or (kernel is None and learned_weight == 0):
             raise ProxylabError(f"learned_weight must be >= 0 (and > 0 without a kernel map), got {learned_weight}")
         self.kernel, self.learned_weight = kernel, float(learned_weight)
-        self.model_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.learned_dim)
-        self.query_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.learned_dim)
-        if state is not None:
-            self.model_net.load_state_dict(state["model"])
-            self.query_net.load_state_dict(state["query"])
+        states = [None] if state is None else list(state["members"]) if "members" in state else [state]
+        if not states:
+            raise ProxylabError("encoders need at least one learned member")
+        self.members = []
+        for st in states:
+            model_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.learned_dim)
+            query_net = SetEncoder(self.feature_dim, 3 * self.feature_dim, self.width, self.learned_dim)
+            if st is not None:
+                model_net.load_state_dict(st["model"])
+                query_net.load_state_dict(st["query"])
+            self.members.append((model_net, query_net))
         self.eval()
         self._extractor = extractor
+
+    @property
+    def model_net(self):
+        return self.members[0][0]
+
+    @property
+    def query_net(self):
+        return self.members[0][1]
+
+    @classmethod
+    def ensemble(cls, learned: Sequence["Encoders"], kernel: Optional[KernelMap] = None,
+                 learned_weight: float = 1.0, extractor=None) -> "Encoders":
+        """One Encoders whose members are those of `learned` (same shapes and extractor), in that order."""
+        if not learned:
+            raise ProxylabError("an ensemble needs at least one learned encoder")
+        first = learned[0]
+        for e in learned[1:]:
+            if (e.feature_dim, e.width, e.learned_dim, e.extractor_id) != (first.feature_dim, first.width,
+                                                                              first.learned_dim, first.extractor_id):
+                raise ProxylabError("ensemble members must share feature dim, width, dim and extractor id")
+        members = [{"model": m.state_dict(), "query": q.state_dict()} for e in learned for m, q in e.members]
+        return cls(first.feature_dim, first.width, first.learned_dim, first.extractor_id, {"members": members},
+                   extractor=extractor if extractor is not None else first._extractor, kernel=kernel,
+                   learned_weight=learned_weight)
 
     @property
     def uses_learned(self) -> bool:
@@ -269,7 +310,8 @@ class Encoders:
     @property
     def dim(self) -> int:
         """Length of the vectors (model and query): kernel part + learned part."""
-        return (self.kernel.dim if self.kernel is not None else 0) + (self.learned_dim if self.uses_learned else 0)
+        learned = self.learned_dim * len(self.members) if self.uses_learned else 0
+        return (self.kernel.dim if self.kernel is not None else 0) + learned
 
     @property
     def id(self) -> str:
@@ -277,27 +319,36 @@ class Encoders:
         under another id are stale."""
         import hashlib
 
-        h = hashlib.sha256(f"{ENCODER_FORMAT}|{self.extractor_id}|{self.learned_weight!r}|".encode())
+        # "proxylab-encoders-2" in the hash: one-member encoders keep the id they had before format 3
+        h = hashlib.sha256(f"proxylab-encoders-2|{self.extractor_id}|{self.learned_weight!r}|".encode())
         h.update((self.kernel.digest if self.kernel is not None else "-").encode())
         if self.uses_learned:
-            for net in (self.model_net, self.query_net):
-                for name, t in sorted(net.state_dict().items()):
-                    h.update(name.encode())
-                    h.update(t.detach().cpu().numpy().astype("<f4").tobytes())
+            if len(self.members) > 1:
+                h.update(f"members={len(self.members)}|".encode())
+            for model_net, query_net in self.members:
+                for net in (model_net, query_net):
+                    for name, t in sorted(net.state_dict().items()):
+                        h.update(name.encode())
+                        h.update(t.detach().cpu().numpy().astype("<f4").tobytes())
         return "enc-" + h.hexdigest()[:16]
 
     def _combine(self, kernel_vec: Optional[np.ndarray], learned) -> np.ndarray:
-        if self.kernel is None:
-            return np.ascontiguousarray(learned.numpy(), dtype=np.float32)
-        parts = [kernel_vec]
+        """`learned`: one unit tensor per member (None without a learned part)."""
+        if self.kernel is None and len(learned) == 1:
+            return np.ascontiguousarray(learned[0].numpy(), dtype=np.float32)
+        n = len(learned) if learned is not None else 0
+        # w / sqrt(n) per member; with one member exactly w (sqrt(1) == 1), so format-2 vectors are unchanged
+        scale = (self.learned_weight if self.kernel is not None else 1.0) / (np.sqrt(n) if n > 1 else 1.0)
+        parts = [kernel_vec] if self.kernel is not None else []
         if self.uses_learned:
-            parts.append(self.learned_weight * learned.numpy().astype(np.float64))
+            parts += [scale * t.numpy().astype(np.float64) for t in learned]
         v = np.concatenate(parts)
         return np.ascontiguousarray(v / max(float(np.linalg.norm(v)), 1e-12), dtype=np.float32)
 
     def eval(self) -> "Encoders":
-        self.model_net.eval()
-        self.query_net.eval()
+        for model_net, query_net in self.members:
+            model_net.eval()
+            query_net.eval()
         return self
 
     @property
@@ -324,9 +375,9 @@ class Encoders:
         learned = None
         if self.uses_learned:
             cls_tok, pair_tok = model_tokens(sig.anchors, sig.boundary, sig.pairs)
+            cm, pm = torch.ones(1, len(cls_tok), dtype=torch.bool), torch.ones(1, len(pair_tok), dtype=torch.bool)
             with torch.no_grad():
-                learned = self.model_net(cls_tok[None], torch.ones(1, len(cls_tok), dtype=torch.bool),
-                                         pair_tok[None], torch.ones(1, len(pair_tok), dtype=torch.bool))[0]
+                learned = [net(cls_tok[None], cm, pair_tok[None], pm)[0] for net, _ in self.members]
         return self._combine(self.kernel.embed(sig.anchors) if self.kernel is not None else None, learned)
 
     def encode_query(self, images, labels) -> np.ndarray:
@@ -347,9 +398,9 @@ class Encoders:
         learned = None
         if self.uses_learned:
             cls_tok, pair_tok = query_tokens(f, y)
+            cm, pm = torch.ones(1, len(cls_tok), dtype=torch.bool), torch.ones(1, len(pair_tok), dtype=torch.bool)
             with torch.no_grad():
-                learned = self.query_net(cls_tok[None], torch.ones(1, len(cls_tok), dtype=torch.bool),
-                                         pair_tok[None], torch.ones(1, len(pair_tok), dtype=torch.bool))[0]
+                learned = [net(cls_tok[None], cm, pair_tok[None], pm)[0] for _, net in self.members]
         kernel_vec = self.kernel.embed(class_prototypes(f, y)) if self.kernel is not None else None
         return self._combine(kernel_vec, learned)
 
@@ -360,7 +411,8 @@ class Encoders:
         torch.save({"format": ENCODER_FORMAT, "feature_dim": self.feature_dim, "width": self.width,
                     "dim": self.learned_dim, "extractor_id": self.extractor_id, "learned_weight": self.learned_weight,
                     "kernel": self.kernel.config() if self.kernel is not None else None,
-                    "state": {"model": self.model_net.state_dict(), "query": self.query_net.state_dict()}}, buf)
+                    "state": {"members": [{"model": m.state_dict(), "query": q.state_dict()}
+                                          for m, q in self.members]}}, buf)
         return buf.getvalue()
 
     def save(self, path: PathLike) -> None:

@@ -390,8 +390,10 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
     Validation protocol (what chose the shipped encoder variant; ``train_encoders.validation_report``):
     - models: the zoo's TRAIN models only (``split_models``), re-split by ``split_models(train rows, 0.5,
       seed=1)`` into an inner-train part (the learned encoders of a validation run are fit on it) and a
-      held-out part (51 / 44 of the 95 for zoo200); the held-out part is what ``signatures`` holds here;
-    - queries: ``validation_queries``: 5/10/20-shot draws (seeds 100, 101) from the TRAIN split of each
+      held-out part (51 / 44 of the 95 for zoo200); the held-out part is what ``signatures`` holds here (with
+      ``cross_fit`` the report also fits on the held-out part and scores the inner-train part);
+    - queries: ``validation_queries``: 5/10/20-shot draws (default seeds 100, 101; the current shipped choice
+      used 100-104) from the TRAIN split of each
       source task (`query_features`: {(task, shots, seed): (extractor features, labels)});
     - metrics: top1_task (the top model was trained on the query's task) and recall_at_5 (one of the top 5
       was), over the held-out validation models, averaged over queries; per task top-1 as well;

@@ -207,11 +207,17 @@ def test_shipped_encoders_and_zoo_index_work_together():
     from proxylab.retrieval.index import ModelIndex
     from proxylab.retrieval.tasks import get_task
 
-    assert SHIPPED_ENCODERS.is_file() and SHIPPED_ENCODERS.stat().st_size < 5_000_000
+    from proxylab.retrieval.train_encoders import SHIPPED_ENSEMBLE, SHIPPED_LEARNED_WEIGHT
+
+    # ~3.4 MB of fp32 weights per learned member (3 members): the cap catches an accidental larger ensemble
+    assert SHIPPED_ENCODERS.is_file() and SHIPPED_ENCODERS.stat().st_size < 4_000_000 * SHIPPED_ENSEMBLE
     enc = Encoders.default()
-    # Shipped: the kernel map plus the learned part (the chosen hybrid); the index was built by these encoders.
-    assert enc.kernel is not None and 0 < enc.learned_weight < 1
-    assert enc.dim == enc.kernel.dim + enc.learned_dim and enc.extractor_id == FeatureExtractor.default().id
+    # Shipped: the kernel map plus the learned part (the chosen hybrid, an ensemble of SHIPPED_ENSEMBLE learned
+    # members at SHIPPED_LEARNED_WEIGHT); the index was built by these encoders.
+    assert enc.kernel is not None and enc.learned_weight == SHIPPED_LEARNED_WEIGHT and 0 < enc.learned_weight < 1
+    assert len(enc.members) == SHIPPED_ENSEMBLE
+    assert enc.dim == enc.kernel.dim + SHIPPED_ENSEMBLE * enc.learned_dim
+    assert enc.extractor_id == FeatureExtractor.default().id
     # the shipped index records the shipped encoders' id (opening it with them neither warns nor fails)
     import warnings
 
@@ -322,3 +328,83 @@ def test_training_refuses_rates_that_would_ship_broken_encoders(tmp_path, capsys
     with pytest.raises(SystemExit) as exit_:
         main(["--zoo", str(tmp_path), flag, value])
     assert exit_.value.code == 2 and f"{flag} must be" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- learned ensembles
+def _members(n, seed0=0):
+    return [_enc(seed0 + k) for k in range(n)]
+
+
+def test_one_member_ensemble_is_the_encoder_itself_and_format_2_files_still_load(tmp_path):
+    base = _kenc(0.35, n_features=128)
+    one = Encoders.ensemble([base], kernel=base.kernel, learned_weight=0.35)
+    sig = _sig()
+    x, y = _query()
+    # a one-member ensemble keeps the id and the bytes: shipped indexes of format-2 encoders stay valid
+    assert one.id == base.id and one.dim == base.dim
+    assert one.encode_signature(sig).tobytes() == base.encode_signature(sig).tobytes()
+    assert one.encode_query(x, y).tobytes() == base.encode_query(x, y).tobytes()
+    # a file written in format 2 (state = one model/query pair) loads as one member with the same vectors
+    blob = torch.load(__import__("io").BytesIO(base.to_bytes()), weights_only=True)
+    blob["format"] = "proxylab-encoders-2"
+    blob["state"] = blob["state"]["members"][0]
+    torch.save(blob, tmp_path / "v2.pt")
+    old = Encoders.load(tmp_path / "v2.pt", extractor=base.extractor)
+    assert len(old.members) == 1 and old.id == base.id
+    assert old.encode_signature(sig).tobytes() == base.encode_signature(sig).tobytes()
+
+
+def test_ensemble_similarity_is_kernel_plus_w2_times_the_mean_member_similarity():
+    members, w = _members(3), 0.5
+    kernel = KernelMap(F.FEATURE_DIM, n_features=128)
+    ens = Encoders.ensemble(members, kernel=kernel, learned_weight=w)
+    assert len(ens.members) == 3 and ens.dim == kernel.dim + 3 * 16
+    sig = _sig(5)
+    x, y = _query(classes=4)
+    m, q = ens.encode_signature(sig).astype(np.float64), ens.encode_query(x, y).astype(np.float64)
+    feats = members[0].extractor.embed(x)
+    km, kq = kernel.embed(sig.anchors), kernel.embed(class_prototypes(feats, y))
+    lm = [e.encode_signature(sig).astype(np.float64) for e in members]  # learned-only members: unit vectors
+    # (each _enc has its own random extractor: the members are compared on the ensemble's features)
+    lq = [e.encode_query_features(feats, y).astype(np.float64) for e in members]
+    # every part is unit length, so each full vector has norm sqrt(1 + w^2) before the final normalisation
+    expected = (km @ kq + w * w * np.mean([a @ b for a, b in zip(lm, lq)])) / (1 + w * w)
+    assert abs(float(m @ q) - expected) < 1e-5
+    # unit, deterministic, invariant to class order like a single encoder
+    assert abs(float(np.linalg.norm(m)) - 1) < 1e-5
+    assert np.allclose(ens.encode_signature(_permuted(sig, [4, 2, 0, 1, 3])), m, atol=1e-5)
+    perm = np.array([2, 0, 3, 1])
+    assert np.allclose(ens.encode_query(x, perm[y]), q, atol=1e-5)
+
+
+def test_ensemble_round_trip_id_and_member_checks(tmp_path):
+    kernel = KernelMap(F.FEATURE_DIM, n_features=128)
+    ens = Encoders.ensemble(_members(3), kernel=kernel, learned_weight=0.35)
+    path = tmp_path / "ens.pt"
+    ens.save(path)
+    back = Encoders.load(path, extractor=ens.extractor)
+    sig = _sig()
+    assert len(back.members) == 3 and back.id == ens.id and back.dim == ens.dim
+    assert back.encode_signature(sig).tobytes() == ens.encode_signature(sig).tobytes()
+    # the id moves with any member, their number and their order
+    assert Encoders.ensemble(_members(2), kernel=kernel, learned_weight=0.35).id != ens.id
+    assert Encoders.ensemble(_members(3, seed0=1), kernel=kernel, learned_weight=0.35).id != ens.id
+    assert Encoders.ensemble(_members(3)[::-1], kernel=kernel, learned_weight=0.35).id != ens.id
+    # learned-only ensembles are unit vectors too
+    plain = Encoders.ensemble(_members(2), kernel=None, learned_weight=1.0)
+    v = plain.encode_signature(sig)
+    assert v.shape == (32,) and abs(float(np.linalg.norm(v)) - 1) < 1e-5
+    with pytest.raises(ProxylabError, match="at least one"):
+        Encoders.ensemble([])
+    torch.manual_seed(0)
+    wide = Encoders(feature_dim=F.FEATURE_DIM, width=16, dim=16, extractor_id="fx-test")
+    with pytest.raises(ProxylabError, match="share"):
+        Encoders.ensemble([_enc(), wide])
+
+
+def test_training_refuses_an_empty_ensemble(tmp_path, capsys):
+    from proxylab.retrieval.train_encoders import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--zoo", str(tmp_path), "--ensemble", "0"])
+    assert exit_.value.code == 2 and "--ensemble must be" in capsys.readouterr().err

@@ -81,8 +81,9 @@ def test_two_stage_matches_rerank_with_real_black_boxes():
 
 
 # ---------------------------------------------------------------------------------------- the whole pipeline
-def _tiny_zoo(tmp_path):
-    """Six real (untrained) zoo-format models over three digits tasks, with signatures; returns (dir, encoders)."""
+def _tiny_zoo(tmp_path, n_models=6):
+    """`n_models` real (untrained) zoo-format models over two digits tasks (alternating, widths cycling), with
+    signatures; returns (dir, encoders)."""
     from proxylab.retrieval.encoders import Encoders
     from proxylab.retrieval.signature import capture_signature
     from proxylab.retrieval.tasks import get_task
@@ -93,6 +94,7 @@ def _tiny_zoo(tmp_path):
     (zoo / "models").mkdir(parents=True)
     plan = [("digits-lo", 0.125), ("digits-hi", 0.125), ("digits-lo", 0.25), ("digits-hi", 0.25),
             ("digits-lo", 0.5), ("digits-hi", 0.5)]
+    plan = [plan[i % len(plan)] for i in range(n_models)]
     for i, (task, width) in enumerate(plan):
         t = get_task(task)
         config = {"id": i, "name": f"{i:04d}-{task}-vgg_small", "task": task, "family": t.family, "arch": "vgg_small",
@@ -147,6 +149,35 @@ def test_evaluate_zoo_end_to_end(tmp_path):
     again, rows2 = E.evaluate_zoo(zoo_dir, encoders=enc, queries=queries, model_ids=ids, rerank_k=6, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "latency_ms"} for r in rs]
     assert json.dumps(strip(rows2), default=str) == json.dumps(strip(rows), default=str)  # deterministic
+
+
+@pytest.mark.slow
+def test_validation_report_cross_fit_and_ensemble_rows(tmp_path):
+    """The validation that chose the shipped encoders: both directions, single seeds and their ensemble, and the
+    pooled "all" rows are the means of the per-direction rows they pool."""
+    from proxylab.retrieval.train_encoders import TrainConfig, split_models, validation_report
+    from proxylab.retrieval.zoo import load_zoo
+
+    zoo_dir, enc = _tiny_zoo(tmp_path, n_models=16)  # train part: 6 models, 2 + 4 after the re-split, 2 tasks each
+    assert len(split_models(load_zoo(zoo_dir).manifest)[0]) == 6
+    cfg = TrainConfig(steps=3, batch=4, images_per_task=60, models_per_step=4, width=16, dim=8)
+    rows = validation_report(zoo_dir, weights=(0.0, 0.5), kernel_seeds=(0,), config=cfg, extractor=enc.extractor,
+                             progress=False, n_features=(64,), train_seeds=(0, 1), ensemble=True, cross_fit=True,
+                             query_seeds=(100,))
+    assert {r["direction"] for r in rows} == {"inner>held", "held>inner", "all"}
+    for r in rows:
+        for key in ("top1_task", "recall_at_5", "transfer_recall_at_5"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["queries"] == 2 * 3  # 2 tasks x 3 shot counts x 1 seed
+    per_dir = {(r["direction"], r["variant"], r["learned_weight"], r["members"], r["train_seed"]): r for r in rows}
+    # one ensemble of both seeds per direction, scored on the other part's models
+    ens = [per_dir[(d, "kernel+learned", 0.5, 2, "ens:0-1")] for d in ("inner>held", "held>inner")]
+    assert [r["models"] for r in ens] == [4, 2] and [r["fit_models"] for r in ens] == [2, 4]
+    pooled = per_dir[("all", "kernel+learned", 0.5, 2, "mean")]
+    assert pooled["top1_task"] == pytest.approx(np.mean([r["top1_task"] for r in ens]))
+    singles = [per_dir[(d, "kernel+learned", 0.5, 1, s)] for d in ("inner>held", "held>inner") for s in (0, 1)]
+    assert per_dir[("all", "kernel+learned", 0.5, 1, "mean")]["recall_at_5"] == pytest.approx(
+        np.mean([r["recall_at_5"] for r in singles]))
 
 
 def test_evaluate_zoo_refuses_bad_arguments(tmp_path):
