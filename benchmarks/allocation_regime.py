@@ -8,7 +8,10 @@ configuration at a size budget, mostly 4-bit with a few layers lowered. This scr
 *allocation regime* for each table's network (from all layers at the table's highest bit choice, random layers
 lowered to a random lower choice in random order until the size fits a budget drawn uniformly between 20% and
 80% of the way from the all-lowest to the all-highest size; seeded), measures them exactly like the table's rows (same weights, protocol and test split), and reports for
-every known proxy and for the searched proxy that benchmarks/allocation.py used (allocation_proxies.csv):
+every known proxy and for the searched proxies of benchmarks/allocation.py's searches: the select-split pick
+(`--select-by min`, runs/alloc-NAME/best_proxy.txt, what allocation.py used when these losses were seen) and the
+allocation-check pick (runs/alloc-NAME-by-allocation/best_proxy.txt, when it is a searched formula; a known
+proxy is in the known rows already):
 
   spearman_select        Spearman on the table's select split (random configurations: what a search picks on)
   spearman_regime        Spearman on the regime configurations
@@ -25,7 +28,6 @@ Run: nice .venv/bin/python benchmarks/allocation_regime.py [--n 200]   (~2-5 min
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
@@ -37,6 +39,7 @@ from _results import write_csv
 from proxylab.metrics import spearman
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
 TABLES = ("resnet20-mnist5k", "mobilenetv2-animal", "resnet18-shapes")
 COLUMNS = ["table", "proxy", "origin", "n_regime", "regime_acc_mean", "regime_acc_max", "spearman_select",
            "spearman_regime", "partial_regime_size", "spearman_regime_top20"]
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", default=",".join(TABLES))
     ap.add_argument("--n", type=int, default=200, help="regime configurations per table")
     ap.add_argument("--seed", type=int, default=123)
-    ap.add_argument("--proxies-csv", default=str(RESULTS / "allocation_proxies.csv"))
+    ap.add_argument("--runs", default=str(ROOT / "runs"), help="where allocation.py's search folders are")
     ap.add_argument("--out", default=str(RESULTS / "allocation_regime.csv"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -84,10 +87,16 @@ def main(argv=None) -> int:
     from proxylab.proxy import KNOWN_PROXIES, score_configs
     from proxylab.stats import stats_for_table
 
-    searched = {}
-    if Path(args.proxies_csv).is_file():
-        with open(args.proxies_csv, newline="") as f:
-            searched = {r["net"]: r["proxy"] for r in csv.DictReader(f)}
+    def searched(name):
+        """(formula, origin) of each search folder of allocation.py for this table that holds an answer."""
+        out = []
+        for folder, how in ((f"alloc-{name}", "select-split pick"), (f"alloc-{name}-by-allocation", "allocation pick")):
+            best = Path(args.runs) / folder / "best_proxy.txt"
+            formula = best.read_text().strip() if best.is_file() else ""
+            if "(" in formula:  # a formula; a known proxy's name is already among the known rows
+                out.append((formula, formula, f"searched ({how}, runs/{folder})"))
+        return out
+
     rows = []
     for name in [t for t in args.tables.split(",") if t]:
         table = load_table(name)
@@ -100,8 +109,7 @@ def main(argv=None) -> int:
         top = acc >= np.quantile(acc, 0.8)
         sel = table.split("select")
         candidates = [(n, KNOWN_PROXIES.get(n), "known") for n in KNOWN_PROXIES.names()]
-        if name in searched:
-            candidates.append((searched[name], searched[name], "searched (allocation_proxies.csv)"))
+        candidates += searched(name)
         for label, proxy, origin in candidates:
             try:
                 s_regime = score_configs(proxy, stats, bits)

@@ -146,7 +146,7 @@ Command line equivalents:
 
 ```
 proxylab bench build --net resnet18 --net-arg width=0.25 --data digits --n 300 --epochs 6 --out runs/r18-digits
-proxylab search --bench runs/r18-digits --pop 30 --iters 100 --out runs/r18-search
+proxylab search --bench runs/r18-digits --pop 30 --iters 100 --select-by allocation --out runs/r18-search
 proxylab allocate --bench runs/r18-digits --allocator all --proxy "FORMULA" --budget size_mb=0.25 --measure
 proxylab quantize --bench runs/r18-digits --bits "4 4 3 ..."
 ```"""),

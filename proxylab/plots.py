@@ -149,9 +149,9 @@ def _read_csv(path: Path) -> List[Dict[str, str]]:
 
 def _history_source(history) -> Tuple[List[Dict[str, Any]], Optional[float], str]:
     """(rows, select fitness of the chosen proxy or None, where the rows came from)."""
-    if hasattr(history, "history_"):  # a fitted ProxySearch
-        hof = getattr(history, "hall_of_fame_", None) or [{}]
-        return list(history.history_), _float(hof[0].get("select_fitness")), "search"
+    if hasattr(history, "history_"):  # a fitted ProxySearch: its answer, which the allocation check may pick
+        best = getattr(history, "best_row_", None) or (getattr(history, "hall_of_fame_", None) or [{}])[0]
+        return list(history.history_), _float(best.get("select_fitness")), "search"
     if isinstance(history, (str, Path)):
         p = Path(history)
         folder = p if p.is_dir() else None
@@ -159,8 +159,13 @@ def _history_source(history) -> Tuple[List[Dict[str, Any]], Optional[float], str
         if not csv_path.is_file():
             raise ProxylabError(f"no search history at {csv_path}: give a search's --out folder or its history.csv")
         select = None
+        check_path = csv_path.parent / "allocation_check.csv"  # --select-by allocation: its chosen row
         hof_path = csv_path.parent / "hall_of_fame.csv"
-        if hof_path.is_file():
+        if check_path.is_file():
+            chosen = [r for r in _read_csv(check_path) if r.get("chosen") == "True"]
+            if chosen:
+                select = _float(chosen[0].get("select_fitness"))
+        elif hof_path.is_file():
             hof = _read_csv(hof_path)
             if hof:
                 select = _float(hof[0].get("select_fitness"))

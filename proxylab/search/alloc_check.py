@@ -30,6 +30,8 @@ from proxylab.errors import ProxylabError
 DEFAULT_FRACTIONS = (0.2, 0.35, 0.5, 0.65, 0.8)
 # An ILP that cannot prove optimality quickly (a proxy that ranks layers like their size turns the program
 # into subset-sum) keeps its best configuration found: the check ranks proxies, it need not prove optima.
+# Such a candidate's configuration then depends on the machine's speed (``ilp_optimal`` False in its row); in
+# the shipped runs only bparams hit the cap, far below every winner.
 ILP_SECONDS = 10.0
 
 Measure = Callable[[Sequence[int]], float]
@@ -104,7 +106,8 @@ def allocation_check(candidates: Sequence[Candidate], tables: Sequence, stats: S
                 except ProxylabError as e:
                     note = f"{t.name}: {e}"
                     break
-                proven = proven and bool(res.extra.get("optimal", True))
+                # an evolutionary allocation (min/max_layers proxies) proves nothing either
+                proven = proven and bool(res.extra.get("optimal", False))
                 key = (i, tuple(int(b) for b in res.bits))
                 if key not in measured:
                     measured[key] = float(measures[i](key[1]))
@@ -119,14 +122,23 @@ def allocation_check(candidates: Sequence[Candidate], tables: Sequence, stats: S
         row["note"] = note
         rows.append(row)
 
-    scores = [r["alloc_acc"] if math.isfinite(r["alloc_acc"]) else -math.inf for r in rows]
-    if max(scores) == -math.inf:
+    best = pick_best([r["alloc_acc"] for r in rows])
+    if best is None:
         raise ProxylabError("no candidate proxy could allocate bits on every table; first reason: "
                             + rows[0]["note"])
-    best = int(np.argmax(scores))  # argmax keeps the first of equals: the hall of fame before known proxies
     for i, r in enumerate(rows):
         r["chosen"] = i == best
     return rows
+
+
+def pick_best(scores: Sequence[float]) -> Optional[int]:
+    """Index of the best finite score, the first of equals (None when none is finite). Scores are rounded to
+    1e-9 first: equal accuracy sums can differ in the last bit of their float means, and such a tie must keep
+    the earlier candidate (the hall of fame before the known proxies)."""
+    keyed = [round(v, 9) if math.isfinite(v) else -math.inf for v in scores]
+    if not keyed or max(keyed) == -math.inf:
+        return None
+    return int(np.argmax(keyed))  # argmax returns the first maximum
 
 
 def chosen_row(rows: List[Dict]) -> Dict:

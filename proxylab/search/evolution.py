@@ -307,12 +307,14 @@ class ProxySearch:
 
     def _select_by_allocation(self, tables, stats, measures) -> Dict[str, Any]:
         """The hall-of-fame member or known proxy whose allocations are the most accurate (alloc_check)."""
-        from proxylab.search.report import best_known
+        from proxylab.search.report import best_known, known_proxies
 
         _, _, known_select = best_known(tables, stats, self.select_combine)
         searched = [r["formula"] for r in self.hall_of_fame_]
         candidates = [Candidate(r["formula"], "searched", r["select_fitness"]) for r in self.hall_of_fame_]
-        candidates += [Candidate(name, "known", fit) for name, fit in known_select.items() if name not in searched]
+        known = known_proxies()  # a known proxy the hall of fame already holds (same formula) is not checked twice
+        candidates += [Candidate(name, "known", fit) for name, fit in known_select.items()
+                       if str(known[name]) not in searched]
         rows = allocation_check(candidates, tables, stats, self.alloc_fractions, measures, seed=int(self.seed))
         self.allocation_check_ = rows
         chosen = chosen_row(rows)

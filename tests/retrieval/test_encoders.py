@@ -354,6 +354,20 @@ def test_one_member_ensemble_is_the_encoder_itself_and_format_2_files_still_load
     assert old.encode_signature(sig).tobytes() == base.encode_signature(sig).tobytes()
 
 
+def test_one_member_id_and_vector_are_pinned_to_the_format_2_code(one_thread):
+    """Pinned values computed by the format-2 code (commit a74eca1's encoders.py) for a seeded one-member encoder:
+    a change of the id hash or of the one-member vector would silently orphan every format-2 index."""
+    import hashlib
+
+    torch.manual_seed(0)
+    enc = Encoders(feature_dim=8, width=8, dim=4, extractor_id="ext-test", kernel=KernelMap(8, n_features=16),
+                   learned_weight=0.25)
+    rng = np.random.default_rng(0)
+    v = enc.encode_query_features(rng.random((12, 8)).astype(np.float32), np.repeat(np.arange(3), 4))
+    assert enc.id == "enc-da265826706a3136"
+    assert hashlib.sha256(v.tobytes()).hexdigest()[:16] == "bee5f4f739412088"
+
+
 def test_ensemble_similarity_is_kernel_plus_w2_times_the_mean_member_similarity():
     members, w = _members(3), 0.5
     kernel = KernelMap(F.FEATURE_DIM, n_features=128)

@@ -91,6 +91,9 @@ def test_search_selects_by_allocation_and_writes_the_check(tiny_pair, tmp_path):
     assert search.best_formula_ == chosen["formula"] == (out / "best_proxy.txt").read_text().strip()
     assert search.best_origin_ == chosen["origin"]
     assert (out / "allocation_check.csv").read_text().count("\n") == len(rows) + 1
+    from proxylab.plots import _history_source  # the history plot's "chosen proxy" line is the check's choice
+    assert _history_source(search)[1] == pytest.approx(chosen["select_fitness"])
+    assert _history_source(out)[1] == pytest.approx(chosen["select_fitness"])
     import json
     summary = json.loads((out / "summary.json").read_text())
     assert summary["selected_by"] == "allocation" and summary["best_origin"] == chosen["origin"]
@@ -189,3 +192,23 @@ def test_cli_search_by_allocation_on_a_shipped_table(tmp_path, capsys, one_threa
     assert float(chosen[0]["alloc_acc"]) == max(float(r["alloc_acc"]) for r in rows)
     assert res["allocation_acc_calib"] == pytest.approx(float(chosen[0]["alloc_acc"]))
     assert {r["origin"] for r in rows} == {"searched", "known"}
+
+
+def test_pick_best_keeps_the_first_of_float_equal_means():
+    """Equal accuracy sums whose float means differ in the last bit are a tie (a reviewer's case)."""
+    from proxylab.search.alloc_check import pick_best
+
+    a = float(np.mean([.965, .966, .965, .961, .966]))
+    b = float(np.mean([.965, .966, .965, .963, .964]))
+    assert a != b and abs(a - b) < 1e-12  # the premise: float rounding differs
+    assert pick_best([a, b]) == 0 and pick_best([b, a]) == 0
+    assert pick_best([0.5, 0.6, float("nan")]) == 1
+    assert pick_best([float("nan"), float("nan")]) is None
+
+
+def test_a_proxy_allocated_by_evolution_is_not_reported_optimal(tiny):
+    table, stats = tiny
+    rows = allocation_check([Candidate("min_layers(mean(bW))", "searched", 0.0),
+                             Candidate("mean_layers(mean(bW))", "searched", 0.0)],
+                            [table], [stats], FRACTIONS, measures=[lookup(table)])
+    assert rows[0]["ilp_optimal"] is False and rows[1]["ilp_optimal"] is True
