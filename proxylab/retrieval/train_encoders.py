@@ -33,8 +33,12 @@ descriptor; weight 0.25: 0.889 / 0.971, 0.5: 0.898 / 0.971), multi-scale pooling
 (weight 0.5: 0.902 / 0.978, better texture but worse size and top-1; with the learned part, cross-fit, w 0.25:
 0.784 / 0.946 vs 0.811 / 0.950), a larger shapes probe pool (+192 / +480 scenes: 0.889 / 0.969, 0.729 / 0.911),
 other anchor means (top 4: 0.809 / 0.949, top 16: 0.916 / 0.971), and centring or whitening the features
-before the kernel (at best 0.916 / 0.980 with lower top-1). What helped: averaging learned encoders of several
-seeds, which removes much of the seed-to-seed noise.
+before the kernel (at best 0.916 / 0.980 with lower top-1); texture statistics (std pooling, channel Gram or
+covariance of blocks 2-3) as a second kernel beside the first: they lift shapes-texture but cost shapes-size,
+top-1 or transfer (best with the learned ensemble, cross-fit: covariance of block 2, 0.827 / 0.969 / transfer
+0.750 vs 0.827 / 0.964 / 0.758 shipped; on this validation, with the learned part, texture R@5 is already 0.98
+and shapes-size, 0.67, is the weak task). What helped: averaging learned encoders of several seeds, which
+removes much of the seed-to-seed noise.
 
 Validation protocol (``--validate``; ``evaluate.validate_encoders``): the 95 train models re-split into 51
 inner-train and 44 held-out ones, learned encoders fit on one part and scored on the other, in BOTH directions
