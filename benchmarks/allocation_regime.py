@@ -39,7 +39,6 @@ from _results import write_csv
 from proxylab.metrics import spearman
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = RESULTS.parent.parent
 TABLES = ("resnet20-mnist5k", "mobilenetv2-animal", "resnet18-shapes")
 COLUMNS = ["table", "proxy", "origin", "n_regime", "regime_acc_mean", "regime_acc_max", "spearman_select",
            "spearman_regime", "partial_regime_size", "spearman_regime_top20"]
@@ -76,7 +75,6 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", default=",".join(TABLES))
     ap.add_argument("--n", type=int, default=200, help="regime configurations per table")
     ap.add_argument("--seed", type=int, default=123)
-    ap.add_argument("--runs", default=str(ROOT / "runs"), help="where allocation.py's search folders are")
     ap.add_argument("--out", default=str(RESULTS / "allocation_regime.csv"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -87,14 +85,17 @@ def main(argv=None) -> int:
     from proxylab.proxy import KNOWN_PROXIES, score_configs
     from proxylab.stats import stats_for_table
 
+    from allocation import run_dir  # the search folders benchmarks/allocation.py writes
+
     def searched(name):
-        """(formula, origin) of each search folder of allocation.py for this table that holds an answer."""
+        """(formula, formula, origin) of each of allocation.py's search folders for this table with an answer."""
         out = []
-        for folder, how in ((f"alloc-{name}", "select-split pick"), (f"alloc-{name}-by-allocation", "allocation pick")):
-            best = Path(args.runs) / folder / "best_proxy.txt"
+        for select_by, how in (("min", "select-split pick"), ("allocation", "allocation pick")):
+            folder = run_dir(name, select_by)
+            best = folder / "best_proxy.txt"
             formula = best.read_text().strip() if best.is_file() else ""
             if "(" in formula:  # a formula; a known proxy's name is already among the known rows
-                out.append((formula, formula, f"searched ({how}, runs/{folder})"))
+                out.append((formula, formula, f"searched ({how}, runs/{folder.name})"))
         return out
 
     rows = []

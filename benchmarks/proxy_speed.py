@@ -6,7 +6,7 @@ table both ways. "Fully scored" = one score per configuration of the whole table
 each configuration from scratch, as EMQ's loop does; it is timed on --naive-configs configurations and
 scaled to the table size (its cost is linear in the number of configurations). Invalid candidates (NaN/inf)
 count too: rejecting them is part of the search's work. Both paths run with one torch thread (see
-proxylab.proxy.evaluate.torch_threads). One run; medians per candidate, wall-clock and CPU time (CPU time
+proxylab.utils.torch_threads). One run; medians per candidate, wall-clock and CPU time (CPU time
 stays meaningful on a shared machine; load_avg records how shared it was).
 
     .venv/bin/python benchmarks/proxy_speed.py [--candidates 100] [--naive-candidates 10]

@@ -95,7 +95,7 @@ def latency_comparison(zoo_dir, other_file: str, queries, repeats: int = 3):
     from proxylab.retrieval.encoders import Encoders
     from proxylab.retrieval.index import ModelIndex
     from proxylab.retrieval.train_encoders import split_models
-    from proxylab.retrieval.zoo import index_metadata, load_zoo
+    from proxylab.retrieval.zoo import add_models, load_zoo
 
     zoo = load_zoo(zoo_dir)
     ids = split_models(zoo.manifest)[1]
@@ -104,8 +104,7 @@ def latency_comparison(zoo_dir, other_file: str, queries, repeats: int = 3):
     indexes = {}
     for name, enc in named.items():
         idx = ModelIndex.create(None, enc.dim, encoder_id=eid[name])
-        for i in ids:
-            idx.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i, encoder_id=eid[name])
+        add_models(idx, zoo, enc, ids, eid[name])
         indexes[name] = idx
     supports = [spec.load()[0] for spec in queries]
     times = {name: [] for name in named}

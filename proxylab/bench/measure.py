@@ -54,6 +54,10 @@ class Measurer:
     allocations without ever touching a test image (PTQ reads calib images but never their labels)."""
 
     def __init__(self, spec: MeasureSpec, split: str = "test"):
+        if split not in ("test", "calib"):  # before the network and the data set are built
+            from proxylab.errors import ProxylabError
+
+            raise ProxylabError(f"a Measurer measures on the 'test' or 'calib' split, got {split!r}")
         import torch
 
         from proxylab.bench.weights import build_network, load_weights_into
@@ -64,10 +68,6 @@ class Measurer:
         load_weights_into(model, "weights.pt", data=spec.weights)
         model.eval()
         ds = get_dataset(spec.data, seed=spec.data_seed)
-        if split not in ("test", "calib"):
-            from proxylab.errors import ProxylabError
-
-            raise ProxylabError(f"a Measurer measures on the 'test' or 'calib' split, got {split!r}")
         self.spec = spec
         self.model = model
         self.qn = QuantizedNetwork(model, ds.calib.x, bit_choices=spec.bit_choices, act_bits=spec.act_bits,

@@ -19,10 +19,10 @@ from proxylab.proxy.evaluate import (
     compile_node,
     layer_table,
     scores_from_table,
-    torch_threads,
 )
 from proxylab.proxy.language import DECOMPOSABLE, ProxyTree
 from proxylab.proxy.naive import naive_score
+from proxylab.utils import torch_threads
 from proxylab.proxy.parse import Node, canonical, node_to_tree, parse_node, tree_to_node
 
 

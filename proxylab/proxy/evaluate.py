@@ -21,7 +21,7 @@ from proxylab.proxy.errors import InvalidProxy
 from proxylab.proxy.inputs import PreparedStats, prepare
 from proxylab.proxy.language import SCALAR_INPUTS, SIGNATURES, TENSOR_INPUTS
 from proxylab.proxy.parse import Node
-from proxylab.utils import torch_threads  # noqa: F401  (one implementation, used here and by core)
+from proxylab.utils import torch_threads
 
 _OPS = {**ops.UNARY_T, **ops.BINARY_T, **ops.REDUCE, **ops.BINARY_S, **ops.UNARY_S}
 
@@ -85,8 +85,6 @@ def _run_layer(program: Program, prep: PreparedStats, layer: int) -> torch.Tenso
         for v in program.drops[i]:
             vals[v] = None
     return vals[-1]
-
-
 
 
 def layer_table(program: Program, stats, dtype=torch.float64, threads: Optional[int] = 1) -> np.ndarray:

@@ -28,9 +28,14 @@ from proxylab.retrieval.canonical import check_images
 PROB_TOLERANCE = 1e-3
 
 
-def check_probabilities(p: Any, n: int, num_classes: int, source: str = "model") -> np.ndarray:
-    """Validate a model's answer for `n` images: float32 [n, num_classes], finite, >= 0, rows summing to 1."""
+def check_probabilities(p: Any, n: int, num_classes: int, source: str = "model", quote: bool = True) -> np.ndarray:
+    """Validate a model's answer for `n` images: float32 [n, num_classes], finite, >= 0, rows summing to 1.
+
+    ``quote=False`` keeps the answer's values out of the messages (the service calling URLs its clients chose:
+    an error must not read a server's content back to the client)."""
     try:
+        if isinstance(p, np.ndarray) and p.dtype.kind not in "biuf":  # e.g. strings that would parse as numbers
+            raise TypeError
         arr = np.asarray(p, dtype=np.float64)
     except (TypeError, ValueError):
         raise ProxylabError(f"{source} returned {type(p).__name__} values that are not numbers; "
@@ -41,13 +46,14 @@ def check_probabilities(p: Any, n: int, num_classes: int, source: str = "model")
     if not np.isfinite(arr).all():
         raise ProxylabError(f"{source} returned NaN or inf probabilities")
     if (arr < 0).any():
-        raise ProxylabError(f"{source} returned negative probabilities (min {arr.min():.4g}); "
-                            "apply a softmax to its logits")
+        shown = f" (min {arr.min():.4g})" if quote else ""
+        raise ProxylabError(f"{source} returned negative probabilities{shown}; apply a softmax to its logits")
     sums = arr.sum(axis=1)
     bad = np.abs(sums - 1.0) > PROB_TOLERANCE
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ProxylabError(f"{source} returned rows that do not sum to 1 (row {i} sums to {sums[i]:.6g}); "
+        shown = f" (row {i} sums to {sums[i]:.6g})" if quote else ""
+        raise ProxylabError(f"{source} returned rows that do not sum to 1{shown}; "
                             "a model must return class probabilities, e.g. softmax(logits)")
     return arr.astype(np.float32)
 
@@ -62,6 +68,7 @@ class BlackBoxModel(ABC):
     num_classes: int
     name: str = ""
     batch_size: int = 256
+    quotes_answers = True  # whether answer-check errors may show the answer's values (see check_probabilities)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -82,7 +89,8 @@ class BlackBoxModel(ABC):
             with self._count_lock:
                 self.calls += int(batch.shape[0])
             p = self._predict(batch)
-            out.append(check_probabilities(p, int(batch.shape[0]), self.num_classes, source=self.describe()))
+            out.append(check_probabilities(p, int(batch.shape[0]), self.num_classes, source=self.describe(),
+                                           quote=self.quotes_answers))
         return np.concatenate(out, axis=0)
 
     def __repr__(self) -> str:

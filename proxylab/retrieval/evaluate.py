@@ -292,7 +292,7 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
     from proxylab.retrieval.index import ModelIndex
     from proxylab.retrieval.tasks import default_queries
     from proxylab.retrieval.train_encoders import split_models
-    from proxylab.retrieval.zoo import index_metadata, load_zoo
+    from proxylab.retrieval.zoo import add_models, load_zoo
     from proxylab.retrieval.rerank import leep, nce
 
     zoo = load_zoo(zoo_dir)
@@ -308,8 +308,7 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
 
     encoder_id = enc.id
     index = ModelIndex.create(None, enc.dim, encoder_id=encoder_id)
-    for i in ids:
-        index.add(enc.encode_signature(zoo.signature(i)), index_metadata(zoo.get(i)), model_id=i, encoder_id=encoder_id)
+    add_models(index, zoo, enc, ids, encoder_id)
     models = {i: zoo.blackbox(i) for i in ids}
     per_query: List[Dict] = []
     t_start = time.perf_counter()

@@ -416,7 +416,6 @@ class ModelIndex:
         self.read_only = False
         self._encoder_id: Optional[str] = None
         self._tracks_encoders = True  # False: made before encoder ids were recorded (no 'encoder_ids' meta row)
-        self._legacy_warned = False
 
     # ------------------------------------------------------------------ encoder id
     @property
@@ -475,9 +474,6 @@ class ModelIndex:
             self._tracks_encoders = True
 
     def _warn_legacy(self, encoder_id: str) -> None:
-        if self._legacy_warned:
-            return
-        self._legacy_warned = True
         import warnings
 
         where = self._where()

@@ -22,7 +22,7 @@ import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import numpy as np
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # annotations only: importing this module does not import tor
     import torch
 
 SIGNATURE_FORMAT = "proxylab-signature-1"
+CAPTURE_HINT = "capture one with `proxylab zoo signature`"
 POOL_PER_SOURCE = 96
 BISECTION_STEPS = 6
 ANCHOR_TOP = 8  # pool images averaged into a class's anchor features
@@ -100,16 +101,23 @@ class Signature:
 
         try:
             # read_npz: pickle refused, and its lock makes np.load safe from the service's concurrent threads
-            z = read_npz(bytes(data), where)
+            z = read_npz(bytes(data), where, hint=CAPTURE_HINT)
+        except ProxylabError as exc:  # truncated zip, object arrays: its message already says what to do
+            raise ProxylabError(f"{where} are not a proxylab signature: {exc}") from None
+        return cls.from_arrays(z, where)
+
+    @classmethod
+    def from_arrays(cls, z: Dict[str, np.ndarray], where: str = "signature bytes") -> "Signature":
+        """A Signature from the arrays of its .npz (what ``from_bytes`` reads; the service has them already)."""
+        try:
             if str(z["format"]) != SIGNATURE_FORMAT:
                 raise ValueError(f"format is {str(z['format'])!r}, expected {SIGNATURE_FORMAT!r}")
             fields = {k: z[k] for k in ("anchors", "boundary", "pairs")}
             scalars = dict(num_classes=int(z["num_classes"]), calls=int(z["calls"]),
                            extractor=str(z["extractor"]), seed=int(z["seed"]))
-        except Exception as exc:  # noqa: BLE001 - truncated zip, missing key, object arrays: "not a signature"
-            why = str(exc) if isinstance(exc, ProxylabError) else f"{type(exc).__name__}: {exc}"
-            raise ProxylabError(f"{where} are not a proxylab signature ({why}); capture one with "
-                                "`proxylab zoo signature`") from None
+        except Exception as exc:  # noqa: BLE001 - missing key, wrong type: "not a signature"
+            raise ProxylabError(f"{where} are not a proxylab signature ({type(exc).__name__}: {exc}); "
+                                f"{CAPTURE_HINT}") from None
         for k, v in fields.items():
             if not np.issubdtype(v.dtype, np.number):
                 raise ProxylabError(f"{where}: field '{k}' is not numeric")
@@ -263,3 +271,4 @@ def boundary_fractions(ask, anchors, anchor_probs: np.ndarray, pairs: np.ndarray
 
 def _prefers_i(p: np.ndarray, pairs: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return p[rows, pairs[:, 0]] >= p[rows, pairs[:, 1]]
+

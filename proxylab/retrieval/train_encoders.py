@@ -104,7 +104,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from proxylab.errors import require
-from proxylab.utils import PathLike, atomic_write_json, torch_threads
+from proxylab.utils import PathLike, atomic_write_json, atomic_write_text, csv_cell, rows_to_csv, torch_threads
 
 if TYPE_CHECKING:
     from proxylab.retrieval.signature import Signature
@@ -312,8 +312,7 @@ def train_on_zoo(zoo_dir: PathLike, config: Optional[TrainConfig] = None, train_
             enc, history = train_encoders(sigs, tasks, bank, fx.id, replace(cfg, seed=cfg.seed + k), targets, progress)
         members.append(enc)
         histories.append(history)
-    enc = members[0] if len(members) == 1 else Encoders.ensemble(members, kernel=None, learned_weight=1.0)
-    enc._extractor = fx
+    enc = Encoders.ensemble(members, extractor=fx)  # one member: that encoder's very vectors and id
     report = {"zoo": str(zoo_dir), "train_fraction": train_fraction, "split_seed": split_seed,
               "train_ids": train_ids, "test_ids": test_ids, "extractor": fx.id, "config": asdict(cfg),
               "ensemble_seeds": [cfg.seed + k for k in range(int(ensemble))],
@@ -463,7 +462,7 @@ def ship_zoo_index(zoo_dir: PathLike, encoders=None, out: Optional[PathLike] = N
 
     from proxylab.retrieval.encoders import SHIPPED_ENCODERS, Encoders
     from proxylab.retrieval.index import ModelIndex
-    from proxylab.retrieval.zoo import index_metadata, load_zoo
+    from proxylab.retrieval.zoo import add_models, load_zoo
 
     out = Path(out) if out is not None else SHIPPED_ENCODERS.parent / "zoo_index"
     zoo = load_zoo(zoo_dir)
@@ -473,9 +472,8 @@ def ship_zoo_index(zoo_dir: PathLike, encoders=None, out: Optional[PathLike] = N
     shutil.rmtree(tmp, ignore_errors=True)
     encoder_id = enc.id
     idx = ModelIndex.create(str(tmp), enc.dim, encoder_id=encoder_id)
-    for row in zoo.manifest:
-        meta = dict(index_metadata(row), encoder_split="train" if int(row["id"]) in train_ids else "test")
-        idx.add(enc.encode_signature(zoo.signature(row["id"])), meta, model_id=int(row["id"]), encoder_id=encoder_id)
+    add_models(idx, zoo, enc, [int(row["id"]) for row in zoo.manifest], encoder_id,
+               extra=lambda row: {"encoder_split": "train" if int(row["id"]) in train_ids else "test"})
     idx.save()
     idx.close()
     _fold_wal(tmp / "models.sqlite")
@@ -533,8 +531,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.ensemble < 1:
         parser.error(f"--ensemble must be >= 1, got {args.ensemble}")
     if args.validate:
-        import csv
-
         seeds = [int(v) for v in args.validate_seeds.split(",")] if args.validate_seeds else None
         qseeds = [int(v) for v in args.validate_query_seeds.split(",")] if args.validate_query_seeds else None
         rows = validation_report(args.zoo, weights=[float(v) for v in args.validate_weights.split(",")],
@@ -542,11 +538,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                     grad_clip=args.grad_clip),
                                  n_features=[int(v) for v in args.validate_features.split(",")], train_seeds=seeds,
                                  ensemble=args.validate_ensemble, cross_fit=args.cross_fit, query_seeds=qseeds)
-        Path(args.validate).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.validate, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+        atomic_write_text(args.validate, rows_to_csv(rows, cell=lambda v: csv_cell(round(v, 6) if isinstance(v, float)
+                                                                             else v)))
         print(f"wrote {args.validate}")
         return
     if args.index_only:

@@ -420,14 +420,9 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
 
     adopt_or_close(idx, Path(zoo_dir) / "signatures", encoders)  # an index made before encoder ids: proven or refused
     present = {m["name"] for m in idx.list()}
-    added = 0
-    for row in zoo.manifest:
-        sig_path = Path(zoo_dir) / "signatures" / f"{row['name']}.npz"
-        if row["name"] in present or not sig_path.exists():
-            continue
-        idx.add(encoders.encode_signature(zoo.signature(row["id"])), index_metadata(row), model_id=int(row["id"]),
-                encoder_id=encoder_id)
-        added += 1
+    todo = [int(row["id"]) for row in zoo.manifest
+            if row["name"] not in present and (Path(zoo_dir) / "signatures" / f"{row['name']}.npz").exists()]
+    added = add_models(idx, zoo, encoders, todo, encoder_id)
     idx.save()
     _log(progress, f"index {path}: {added} models added, {len(idx)} in all")
     return added
@@ -435,6 +430,17 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
 
 def _has_index(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
+
+
+def add_models(idx, zoo: "Zoo", encoders, ids, encoder_id: str,
+               extra: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> int:
+    """Encode the zoo models ``ids`` (their signatures) into ``idx``, each with ``index_metadata`` of its
+    manifest row plus ``extra(row)``; ``encoder_id`` is ``encoders.id``, hashed once by the caller."""
+    for i in ids:
+        row = zoo.get(int(i))
+        meta = index_metadata(row) if extra is None else {**index_metadata(row), **extra(row)}
+        idx.add(encoders.encode_signature(zoo.signature(int(i))), meta, model_id=int(i), encoder_id=encoder_id)
+    return len(ids)
 
 
 def index_metadata(row: Dict[str, Any]) -> Dict[str, Any]:

@@ -32,14 +32,13 @@ import socket
 import ssl
 import threading
 import time
-import zipfile
 from typing import Optional
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from proxylab.errors import ProxylabError
-from proxylab.retrieval.blackbox import PROB_TOLERANCE, HTTPBlackBox
+from proxylab.retrieval.blackbox import HTTPBlackBox
 
 DEFAULT_FETCH_SECONDS = 30.0
 DEFAULT_FETCH_MAX_BYTES = 8 << 20  # 256 images x 8192 classes of float32 probabilities
@@ -207,7 +206,7 @@ class _Connection(http.client.HTTPConnection):
     """HTTP(S) connection whose connect (resolution, each address, TLS handshake) keeps to the call's deadline."""
 
     def __init__(self, host: str, port: int, tls: bool, watch: _Watchdog, deadline: float):
-        super().__init__(host, port, timeout=max(deadline - time.monotonic(), 1e-3))
+        super().__init__(host, port)  # no socket timeout here: connect() below keeps to the deadline
         self.default_port = 443 if tls else 80  # the Host header names the port only when it is not the scheme's
         self._tls, self._watch, self._deadline = tls, watch, deadline
 
@@ -312,14 +311,11 @@ def fetch(url: str, data: Optional[bytes], budget: FetchBudget, max_bytes: int) 
 
 
 def _exchange(conn, target, data, deadline, max_bytes, url) -> tuple[int, bytes]:
-    def left() -> float:
-        return max(deadline - time.monotonic(), 1e-3)
-
     headers = {"Content-Type": "application/octet-stream"} if data is not None else {}
     conn.connect()  # every step bounded by the deadline, and the sockets already known to the watchdog
     sock = conn.sock  # kept apart: a response without a length takes the socket over from the connection
     conn.request("POST" if data is not None else "GET", target, body=data, headers=headers)
-    sock.settimeout(left())
+    sock.settimeout(_left(deadline))
     response = conn.getresponse()
     # closed here, not left to the connection: without a length the response owns the socket, and an exception
     # holding this frame would keep it open (the server blocked on a full window) until garbage collection
@@ -330,7 +326,7 @@ def _exchange(conn, target, data, deadline, max_bytes, url) -> tuple[int, bytes]
                              f"{max_bytes} bytes per model-server answer; nothing was read")
         chunks, size = [], 0
         while True:
-            sock.settimeout(left())
+            sock.settimeout(_left(deadline))
             chunk = response.read1(CHUNK)
             if not chunk:
                 break
@@ -353,14 +349,15 @@ def _json_type(value) -> str:
 class BoundedHTTPBlackBox(HTTPBlackBox):
     """HTTPBlackBox (same npz protocol) whose every call goes through ``fetch`` under one shared budget, and
     whose errors never quote the server's answers (HTTPBlackBox's do: fine for a user's own model server, a read
-    leak for a service calling URLs its clients chose)."""
+    leak for a service calling URLs its clients chose). Its name is the given one or the URL, never what /info
+    sent (``_info`` returns only num_classes), since describe() puts it in error messages."""
+
+    quotes_answers = False
 
     def __init__(self, url: str, budget: FetchBudget, max_bytes: int = DEFAULT_FETCH_MAX_BYTES, **kwargs):
         # set before the base __init__, which already calls GET /info through _request
         self._budget, self._max_bytes = budget, int(max_bytes)
-        super().__init__(url, timeout=budget.seconds, **kwargs)
-        if not kwargs.get("name"):
-            self.name = self.url  # never the name /info sent: describe() puts it in error messages
+        super().__init__(url, **kwargs)
 
     def _request(self, path: str, data: Optional[bytes] = None) -> bytes:
         return fetch(self.url + path, data, self._budget, self._max_bytes)
@@ -397,18 +394,18 @@ class BoundedHTTPBlackBox(HTTPBlackBox):
         arrays = _remote_npz(self._request("/predict", buf.getvalue()), where, self._max_bytes)
         if "probs" not in arrays:
             raise FetchError(f"{where} answered an npz without a 'probs' array")
-        return _checked_probs(arrays["probs"], int(x.shape[0]), self.num_classes, where)
+        return arrays["probs"]  # checked by predict_proba, quoting no value (quotes_answers)
 
 
 def _remote_npz(body: bytes, where: str, max_bytes: int) -> dict:
     """The arrays of a model server's npz answer; the unpacked size bounded before anything is decompressed
     (a small compressed answer must not unpack to gigabytes). Parse errors are not passed on: zipfile and numpy
     quote member names and .npy headers, which are the server's bytes."""
+    from proxylab.service.payloads import npz_unpacked_size
     from proxylab.utils import read_npz
 
     try:
-        with zipfile.ZipFile(io.BytesIO(body)) as zf:
-            total = sum(i.file_size for i in zf.infolist())
+        total = npz_unpacked_size(body)
     except Exception:  # noqa: BLE001 - any failure to read the bytes sent is the server's
         raise FetchError(f"{where} did not answer an .npz file (it sent {len(body)} bytes, not shown)") from None
     if total > max_bytes:
@@ -420,17 +417,3 @@ def _remote_npz(body: bytes, where: str, max_bytes: int) -> dict:
         raise FetchError(f"{where} answered a damaged or non-numeric .npz (details not shown); it must hold a "
                          "float32 'probs' array") from None
 
-
-def _checked_probs(probs: np.ndarray, n: int, k: int, where: str) -> np.ndarray:
-    """The checks of blackbox.check_probabilities, before it runs, in messages that quote no value sent."""
-    if probs.dtype.kind not in "fiu":
-        raise FetchError(f"{where}: 'probs' must be a float32 array, got dtype {probs.dtype.str}")
-    if probs.shape != (n, k):
-        raise FetchError(f"{where}: 'probs' has shape {list(probs.shape)}, expected [{n}, {k}] (one row of {k} "
-                         "class probabilities per image)")
-    p = probs.astype(np.float64)
-    if not np.isfinite(p).all():
-        raise FetchError(f"{where}: 'probs' holds NaN or infinite values")
-    if (p < 0).any() or (np.abs(p.sum(axis=1) - 1.0) > PROB_TOLERANCE).any():
-        raise FetchError(f"{where}: 'probs' rows must be probabilities (>= 0, summing to 1); apply a softmax")
-    return p.astype(np.float32)

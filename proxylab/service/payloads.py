@@ -169,13 +169,18 @@ def parse_k(value: Any) -> int:
     return check_int(value, "k", 1, MAX_K)
 
 
+def npz_unpacked_size(data: bytes) -> int:
+    """Bytes an .npz unpacks to, read from its zip directory alone (nothing is decompressed), so a small upload
+    that would unpack to gigabytes is refused first. zipfile's errors pass through: callers word their own."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return sum(i.file_size for i in zf.infolist())
+
+
 def load_npz(data: bytes, what: str, max_bytes: int) -> Dict[str, np.ndarray]:
     """Arrays of an uploaded .npz, pickle refused, total uncompressed size bounded by max_bytes."""
     require(len(data) > 0, f"{what} is empty; upload an .npz file made with numpy.savez")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            infos = zf.infolist()
-            total = sum(i.file_size for i in infos)
+        total = npz_unpacked_size(data)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
         raise ProxylabError(f"{what} is not an .npz file ({e}); save it with numpy.savez") from None
     require(total <= max_bytes, f"{what} unpacks to {total} bytes, over this service's limit of {max_bytes}; "

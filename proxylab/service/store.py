@@ -332,12 +332,12 @@ class ZooStore:
         from proxylab.service.payloads import load_npz
 
         self._check_name_free(metadata["name"])  # fail fast; checked again under the write lock
-        load_npz(data, "the signature file", self.max_array_bytes)  # bounded and pickle-free before the real parser
+        arrays = load_npz(data, "the signature file", self.max_array_bytes)  # bounded and pickle-free
         enc = self.encoders()
         from proxylab.retrieval.signature import Signature
 
         try:
-            sig = Signature.from_bytes(data)
+            sig = Signature.from_arrays(arrays)
         except ProxylabError as e:
             raise ProxylabError(f"the signature is not valid: {e}") from None
         except Exception as e:  # noqa: BLE001 - untrusted bytes: any parse failure is the upload's fault

@@ -137,3 +137,23 @@ def test_checkpoint_blackbox_from_checkpoint_folder(tmp_path):
 def test_checkpoint_blackbox_bad_spec(tmp_path):
     with pytest.raises(ProxylabError, match="neither"):
         CheckpointBlackBox(str(tmp_path / "nothing"))
+
+
+@pytest.mark.parametrize("answer,match", [(np.array([[1.5, -0.5, 0.0]]), "negative"),
+                                          (np.array([[0.2, 0.2, 0.2]]), "sum to 1")])
+def test_an_answer_that_must_not_be_quoted_keeps_its_values_out(answer, match):
+    """quotes_answers False (the service's URL black boxes): the same checks, no value of the answer shown."""
+    quoted = _Fixed(answer)
+    with pytest.raises(ProxylabError, match=match) as e:
+        quoted.predict_proba(_images(1))
+    assert any(v in str(e.value) for v in ("-0.5", "0.6"))  # by default the offending value is shown
+    silent = _Fixed(answer)
+    silent.quotes_answers = False
+    with pytest.raises(ProxylabError, match=match) as e:
+        silent.predict_proba(_images(1))
+    assert "-0.5" not in str(e.value) and "0.6" not in str(e.value) and "row 0" not in str(e.value)
+
+
+def test_text_arrays_are_not_numbers_even_when_they_parse():
+    with pytest.raises(ProxylabError, match="not numbers"):
+        check_probabilities(np.array([["0.5", "0.5"]]), 1, 2)
