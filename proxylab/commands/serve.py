@@ -36,8 +36,7 @@ def copy_of_shipped_index(cache: Path | None = None) -> Path:
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         # copy beside the target and rename: two first starts at once never see half a copy
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index."))
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        tmp = _copy_beside(source, target.parent)
         try:
             os.replace(tmp, target)
         except OSError:  # another start won the race; its copy is as good as ours
@@ -109,14 +108,10 @@ def _replace_copy(source: Path, target: Path) -> Path:
 
     Holds the copy's service lock throughout: a server still running on it is refused, not moved from under.
     A swap that fails half way puts the old copy back and says so."""
-    import fcntl
+    from proxylab.service.store import locked_directory
 
-    from proxylab.service.store import _lock_directory
-
-    lock = _lock_directory(target)  # ProxylabError when another service serves this copy
-    try:
-        fresh = Path(tempfile.mkdtemp(dir=target.parent, prefix=".zoo_index."))
-        shutil.copytree(source, fresh, dirs_exist_ok=True)
+    with locked_directory(target):  # ProxylabError when another service serves this copy
+        fresh = _copy_beside(source, target.parent)
         kept = target.parent / f"zoo_index.stale-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         os.replace(target, kept)
         try:
@@ -126,10 +121,14 @@ def _replace_copy(source: Path, target: Path) -> Path:
             shutil.rmtree(fresh, ignore_errors=True)
             raise ProxylabError(f"could not replace the stale zoo index copy at {target} ({exc}); it is unchanged: "
                                 "move or delete it by hand") from None
-    finally:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-        lock.close()
     return kept
+
+
+def _copy_beside(source: Path, parent: Path) -> Path:
+    """A copy of ``source`` in a fresh hidden folder of ``parent``, ready to be renamed into place."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".zoo_index."))
+    shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return tmp
 
 
 def encoders_factory(encoders_file, extractor_file):

@@ -18,8 +18,9 @@ import os
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -59,6 +60,21 @@ def _lock_directory(path: Path):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def unlock_directory(handle) -> None:
+    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    handle.close()
+
+
+@contextmanager
+def locked_directory(path: Path) -> Iterator[None]:
+    """Hold ``path``'s service lock for a block (ProxylabError when a service is serving it)."""
+    handle = _lock_directory(path)
+    try:
+        yield
+    finally:
+        unlock_directory(handle)
 
 
 def _holds_an_index(path: Path) -> bool:
@@ -389,8 +405,7 @@ class ZooStore:
     def _release(self) -> None:
         handle, self._dir_lock = getattr(self, "_dir_lock", None), None
         if handle is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-            handle.close()
+            unlock_directory(handle)
 
     def close(self) -> None:
         """Save the FAISS cache (so the next start skips the rebuild) and free the directory. Idempotent."""
