@@ -35,6 +35,8 @@ _FIRST_STRIDE = 2
 # Fixed chunk size: CPU kernels may pick different algorithms for different batch shapes, so embedding the
 # same image always in the same-sized chunks keeps features identical byte for byte.
 EMBED_CHUNK = 256
+SHIPPED_EPOCHS = 10  # training of the shipped extractor (``rebuild_shipped``)
+SHIPPED_MAX_PER_SOURCE = 2000
 
 
 def _build_trunk():
@@ -204,12 +206,13 @@ def train_extractor(sources: Optional[Sequence] = None, epochs: int = 10, seed: 
     return fx, accs
 
 
-def rebuild_shipped(path: PathLike = SHIPPED_EXTRACTOR, seed: int = 0, epochs: int = 10) -> Dict[str, float]:
+def rebuild_shipped(path: PathLike = SHIPPED_EXTRACTOR, seed: int = 0, epochs: int = SHIPPED_EPOCHS,
+                    max_per_source: Optional[int] = SHIPPED_MAX_PER_SOURCE) -> Dict[str, float]:
     """Retrain the shipped extractor from scratch (deterministic at one thread) and write it atomically."""
     import torch
 
     torch.set_num_threads(1)
-    fx, accs = train_extractor(seed=seed, epochs=epochs)
+    fx, accs = train_extractor(seed=seed, epochs=epochs, max_per_source=max_per_source)
     fx.save(path)
     FeatureExtractor.default.cache_clear()
     return accs
@@ -220,11 +223,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--rebuild", action="store_true", help="retrain and overwrite the shipped extractor")
     parser.add_argument("--out", default=str(SHIPPED_EXTRACTOR))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=SHIPPED_EPOCHS)
+    parser.add_argument("--max-per-source", type=int, default=SHIPPED_MAX_PER_SOURCE,
+                        help="training images per source task (a seeded draw of its train split)")
     args = parser.parse_args(argv)
     if not args.rebuild:
         parser.error("nothing to do: pass --rebuild")
-    accs = rebuild_shipped(args.out, seed=args.seed, epochs=args.epochs)
+    if args.epochs < 1 or args.max_per_source < 1:
+        parser.error(f"--epochs and --max-per-source must be >= 1, got {args.epochs} and {args.max_per_source}")
+    accs = rebuild_shipped(args.out, seed=args.seed, epochs=args.epochs, max_per_source=args.max_per_source)
     print("calib accuracy of the training heads:", {k: round(v, 4) for k, v in accs.items()})
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1024:.0f} KiB)")
 

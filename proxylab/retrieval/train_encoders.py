@@ -335,7 +335,8 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
                       kernel_seeds: Sequence[int] = (0, 1, 2), config: Optional[TrainConfig] = None,
                       extractor=None, progress: bool = True, n_features: Sequence[int] = (2048,),
                       train_seeds: Optional[Sequence[int]] = None, ensemble: bool = False, cross_fit: bool = False,
-                      query_seeds: Optional[Sequence[int]] = None) -> List[Dict]:
+                      query_seeds: Optional[Sequence[int]] = None, query_split: str = "calib",
+                      sigma_class: Optional[float] = None) -> List[Dict]:
     """Compare encoder variants on the validation set (protocol: ``evaluate.validate_encoders``).
 
     Learned encoders are trained on the inner-train part of the TRAIN models only; every variant is scored on
@@ -349,9 +350,15 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     encoders as members (``Encoders.ensemble``; members = len(train_seeds)). `cross_fit`: also swap the two
     parts (fit on the held-out part, score on the inner-train part), so every train model is scored once and
     the choice does not rest on one lopsided split (inner 51 / held 44 models, 1 to 9 per task on each side).
-    `query_seeds`: the few-shot draws (default ``evaluate.VALIDATION_SEEDS``).
+    `query_seeds`: the few-shot draws (default ``evaluate.VALIDATION_SEEDS``). `query_split`: where the query
+    images come from: "calib" (default) holds images that neither the extractor, the zoo models nor the learned
+    encoders trained on, like the benchmark's test images; "train" (the protocol before session 5) reuses
+    training images, whose features the extractor has partly memorised (every mnist5k and digits train image,
+    2000 of each shapes task's 8000), which made the hard shapes tasks look easier than they are. A split with
+    fewer images per class than a query's shots gives that query all of its smallest class (digits calib: 19).
+    `sigma_class`: the kernel map's class-anchor width (default: KernelMap's).
     Rows: direction, variant, learned_weight, n_features, members, train_seed, kernel_seed, top1_task,
-    recall_at_5, transfer_recall_at_5, transfer_regret, queries, models, fit_models; the rows with direction
+    recall_at_2, recall_at_5, transfer_recall_at_5, transfer_regret, queries, models, fit_models; the rows with direction
     "all" and train_seed "mean" average every direction, training seed (or ensemble) and kernel seed.
     """
     from dataclasses import replace
@@ -363,6 +370,8 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     from proxylab.retrieval.tasks import SOURCE_TASKS, QuerySpec
     from proxylab.retrieval.zoo import load_zoo
 
+    require(query_split in ("calib", "train"), f"validation queries come from the calib or train split (the test "
+                                               f"split is the benchmark's), got {query_split!r}")
     cfg = config or TrainConfig()
     zoo = load_zoo(zoo_dir)
     train_ids = set(split_models(zoo.manifest)[0])
@@ -382,10 +391,11 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     queries = {}
     for task, n, seed in validation_queries(sorted(set(tasks.values())),
                                             seeds=tuple(query_seeds) if query_seeds else VALIDATION_SEEDS):
-        x, y = SOURCE_TASKS[task].sample("train", n, seed)
+        smallest = int(np.bincount(SOURCE_TASKS[task].data(query_split)[1].numpy()).min())
+        x, y = SOURCE_TASKS[task].sample(query_split, min(n, smallest), seed)
         queries[(task, n, seed)] = (fx.embed(x), y.numpy())
     sigs = {i: zoo.signature(i) for i in inner + held}  # read once
-    metrics = ("top1_task", "recall_at_5", "transfer_recall_at_5", "transfer_regret")
+    metrics = ("top1_task", "recall_at_2", "recall_at_5", "transfer_recall_at_5", "transfer_regret")
     seeds = list(train_seeds) if train_seeds else [cfg.seed]
     rows: List[Dict] = []
     pooled: Dict[tuple, List[Dict]] = {}  # (variant, w, nf, members) -> per-(direction, seed, kernel seed) results
@@ -407,12 +417,15 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
                      "queries": results[0]["queries"], "models": results[0]["models"], "fit_models": len(fit)})
         if progress:
             print(f"validation {direction} seed {seed_label} {name} w={w} features={nf} members={members}: top-1 "
-                  f"{mean['top1_task']:.3f}, R@5 {mean['recall_at_5']:.3f}, transfer R@5 "
+                  f"{mean['top1_task']:.3f}, R@2 {mean['recall_at_2']:.3f}, R@5 {mean['recall_at_5']:.3f}, transfer R@5 "
                   f"{mean['transfer_recall_at_5']:.3f} regret {mean['transfer_regret']:.3f}", flush=True)
+
+    widths = {} if sigma_class is None else {"sigma_class": float(sigma_class)}
 
     def kernel_variants(learned, w_list):
         return [("kernel" if w == 0 else "kernel+learned", w, nf,
-                 [(k, with_kernel(learned, KernelMap(learned.feature_dim, n_features=int(nf), seed=k), learned_weight=w))
+                 [(k, with_kernel(learned, KernelMap(learned.feature_dim, n_features=int(nf), seed=k, **widths),
+                                  learned_weight=w))
                   for k in kernel_seeds]) for nf in n_features for w in w_list]
 
     for direction, fit, ev in directions:
@@ -486,6 +499,12 @@ def ship_zoo_index(zoo_dir: PathLike, encoders=None, out: Optional[PathLike] = N
     return out
 
 
+def _extractor_arg(path: Optional[str]):
+    from proxylab.retrieval.features import FeatureExtractor
+
+    return FeatureExtractor.load(path) if path else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from proxylab.retrieval.encoders import SHIPPED_ENCODERS
 
@@ -514,6 +533,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="few-shot draws of the validation queries (default: evaluate.VALIDATION_SEEDS)")
     parser.add_argument("--validate-ensemble", action="store_true",
                         help="also score one ensemble of the --validate-seeds learned encoders")
+    parser.add_argument("--validate-split", default="calib", choices=("calib", "train"),
+                        help="split the validation queries come from (default calib: images no extractor, zoo "
+                             "model or encoder trained on; train reproduces the CSVs written before session 5)")
+    parser.add_argument("--extractor", default=None, metavar="FILE",
+                        help="validate with this feature extractor instead of the shipped one (the zoo's "
+                             "signatures must have been captured with it)")
     parser.add_argument("--cross-fit", action="store_true",
                         help="validation in both directions (fit on either part of the train models, score the other)")
     parser.add_argument("--ensemble", type=int, default=SHIPPED_ENSEMBLE,
@@ -521,6 +546,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
     parser.add_argument("--grad-clip", type=float, default=TrainConfig.grad_clip,
                         help="gradient-norm clipping (0: off)")
+    parser.add_argument("--sigma-class", type=float, default=None,
+                        help="class-anchor width of the kernel map, shipped and validated (default: KernelMap's)")
     parser.add_argument("--n-features", type=int, default=None,
                         help="random features of the shipped kernel map (default: KernelMap's)")
     args = parser.parse_args(argv)
@@ -537,7 +564,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                  config=TrainConfig(steps=args.steps, seed=args.seed, lr=args.lr,
                                                     grad_clip=args.grad_clip),
                                  n_features=[int(v) for v in args.validate_features.split(",")], train_seeds=seeds,
-                                 ensemble=args.validate_ensemble, cross_fit=args.cross_fit, query_seeds=qseeds)
+                                 ensemble=args.validate_ensemble, cross_fit=args.cross_fit, query_seeds=qseeds,
+                                 query_split=args.validate_split, extractor=_extractor_arg(args.extractor),
+                                 sigma_class=args.sigma_class)
         atomic_write_text(args.validate, rows_to_csv(rows, cell=lambda v: csv_cell(round(v, 6) if isinstance(v, float)
                                                                              else v)))
         print(f"wrote {args.validate}")
@@ -561,7 +590,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not args.no_kernel:
         from proxylab.retrieval.encoders import KernelMap
 
-        kernel = KernelMap(enc.feature_dim, n_features=args.n_features) if args.n_features else None
+        options = {**({"n_features": args.n_features} if args.n_features else {}),
+                   **({"sigma_class": args.sigma_class} if args.sigma_class else {})}
+        kernel = KernelMap(enc.feature_dim, **options) if options else None
         enc = with_kernel(enc, kernel, learned_weight=args.learned_weight)
     report.update({"kernel": enc.kernel.config() if enc.kernel is not None else None,
                    "learned_weight": enc.learned_weight, "encoder_id": enc.id, "dim": enc.dim})

@@ -166,8 +166,9 @@ def test_validation_report_cross_fit_and_ensemble_rows(tmp_path):
                              query_seeds=(100,))
     assert {r["direction"] for r in rows} == {"inner>held", "held>inner", "all"}
     for r in rows:
-        for key in ("top1_task", "recall_at_5", "transfer_recall_at_5"):
+        for key in ("top1_task", "recall_at_2", "recall_at_5", "transfer_recall_at_5"):
             assert 0.0 <= r[key] <= 1.0
+        assert r["recall_at_2"] <= r["recall_at_5"]
         assert r["queries"] == 2 * 3  # 2 tasks x 3 shot counts x 1 seed
     per_dir = {(r["direction"], r["variant"], r["learned_weight"], r["members"], r["train_seed"]): r for r in rows}
     # one ensemble of both seeds per direction, scored on the other part's models
@@ -209,7 +210,17 @@ def test_validate_encoders_scores_task_identification():
                    learned_weight=0.0)
     res = E.validate_encoders(enc, sigs, tasks, queries)
     assert res["top1_task"] == 1.0 and res["recall_at_5"] == 1.0 and res["queries"] == 2 and res["models"] == 6
+    assert res["recall_at_2"] == 1.0
     swapped = {i: "ba"["ab".index(t)] for i, t in tasks.items()}  # the same vectors, wrong task labels
     bad = E.validate_encoders(enc, sigs, swapped, queries)
     assert bad["top1_task"] == 0.0 and bad["per_task_top1"] == {"a": 0.0, "b": 0.0}
     assert bad["recall_at_5"] == 1.0  # 5 of 6 models always include one of the 3 wrongly labelled ones
+    # the top 2 are the query's true task's models, both labelled with the other task (pool-matched recall)
+    assert bad["recall_at_2"] == 0.0
+
+
+def test_validation_report_refuses_test_split_queries(tmp_path):
+    from proxylab.retrieval.train_encoders import validation_report
+
+    with pytest.raises(ProxylabError, match="calib or train split"):
+        validation_report(tmp_path / "no-zoo", query_split="test")

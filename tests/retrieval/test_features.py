@@ -99,3 +99,12 @@ def test_training_learns_a_tiny_source_task():
     assert accs["digits-lo"] > 0.5  # chance is 0.2
     with pytest.raises(ProxylabError):
         F.train_extractor([], epochs=1)
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--max-per-source"])
+def test_rebuild_cli_refuses_non_positive_sizes_before_training(tmp_path, flag, capsys):
+    out = tmp_path / "fx.pt"
+    with pytest.raises(SystemExit) as exc:
+        F.main(["--rebuild", "--out", str(out), flag, "0"])
+    assert exc.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
