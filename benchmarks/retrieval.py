@@ -5,12 +5,13 @@ writes benchmarks/results/retrieval.csv (one row per method x query kind), retri
 method x query) and retrieval_targets.csv (the issue's targets, met or not).
 
 Encoders: the shipped ones (proxylab.retrieval.encoders): a training-free kernel mean embedding of the class
-anchors / query prototypes plus 0.35 x the learned set-encoder vectors of an ensemble of 3 encoders (training seeds
+anchors / query prototypes plus 0.5 x the learned set-encoder vectors of an ensemble of 3 encoders (training seeds
 0-2, averaged; each one's ranking loss uses each training model's accuracy on its source task's CALIB split, never the
-test images queried here); that variant was chosen on a validation set of train models and train-split queries only
-(`python -m proxylab.retrieval.train_encoders --zoo runs/zoo200 --validate
-benchmarks/results/retrieval_validation_ensemble.csv --validate-seeds 0,1,2 --validate-ensemble --cross-fit
---validate-query-seeds 100,101,102,103,104 --validate-weights 0,0.25,0.35,0.5`), never on this benchmark.
+test images queried here), on the features of the 30-epoch shipped extractor; that variant was chosen on a
+validation set of train models and calib-split queries only (`python -m proxylab.retrieval.train_encoders --zoo
+runs/zoo200 --validate benchmarks/results/retrieval_validation_calib.csv --validate-seeds 0,1,2 --validate-ensemble
+--cross-fit --validate-query-seeds 100,101,102,103,104 --validate-weights 0,0.25,0.35,0.5`, and
+benchmarks/retrieval_extractor_screen.py for the extractor), never on this benchmark.
 
 Setting (details: proxylab.retrieval.evaluate): the learned part was trained on the zoo's train half
 (proxylab.retrieval.train_encoders.split_models: a seeded draw per model id, 95 of the 200 models); this

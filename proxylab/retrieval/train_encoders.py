@@ -19,8 +19,35 @@ Loss per query q against all train models m (s = q . m, unit vectors):
 
 What ships (``--ship``): an ENSEMBLE of ``SHIPPED_ENSEMBLE`` = 3 learned encoders (training seeds 0, 1, 2, same
 data; ``Encoders.ensemble``) wrapped with the training-free kernel map (``encoders.KernelMap``) at
-``SHIPPED_LEARNED_WEIGHT`` = 0.35: vector = unit([kernel vector, w * [l_0, l_1, l_2] / sqrt(3)]), so a score is
-the kernel similarity plus w^2 times the MEAN of the three learned similarities.
+``SHIPPED_LEARNED_WEIGHT`` = 0.5: vector = unit([kernel vector, w * [l_0, l_1, l_2] / sqrt(3)]), so a score is
+the kernel similarity plus w^2 times the MEAN of the three learned similarities. Features: the 30-epoch shipped
+extractor (``features.SHIPPED_EPOCHS``).
+
+Session 5: validation queries from the CALIB split and a pool-matched recall. The protocol below drew its
+queries from the train split, part of which the extractor trained on (every mnist5k and digits train image), and
+scored Recall@5 among 44-51 validation models, where the top 5 are 10-11% of the pool (4.8% of the benchmark's
+105): it read 0.96-1.00 where the benchmark read 0.93. ``--validate`` now draws from the calib split (no
+extractor, zoo model or encoder trains on it; no benchmark query uses it) and adds ``recall_at_2`` (the top 2
+of 44-51 models: 3.9-4.5% of the pool). Choice rule (fixed before the runs): the highest mean of R@2 and
+transfer R@5 whose top-1 is no lower than the shipped variant's. By it the 0.1 kernel width wins by 0.002; the
+default width 0.15 was kept anyway, calling 0.002 a tie (a tolerance set after seeing the figures) and taking
+its higher top-1 (0.823 vs 0.816). Cross-fit, ensemble of 3, query seeds 100-104, pooled over both directions
+(top-1 / R@2 / R@5 / transfer R@5; `--validate CSV --validate-seeds 0,1,2 --validate-ensemble --cross-fit
+--validate-query-seeds 100,101,102,103,104 --validate-weights 0,0.25,0.35,0.5 [--extractor FILE --zoo ZOO]`,
+committed as benchmarks/results/retrieval_validation_calib.csv (30 epochs), ..._sigma0.1.csv (with --sigma-class
+0.1) and ..._fx10.csv (10 epochs: --zoo runs/zoo200-base --extractor runs/extractors/base.pt, both made by
+benchmarks/retrieval_extractor_screen.py)):
+    10-epoch extractor, w 0.35 (shipped before)   0.804 / 0.845 / 0.944 / 0.746   mean(R@2, tR@5) 0.796
+    10-epoch extractor, w 0.5                     0.800 / 0.857 / 0.975 / 0.711   0.784
+    30-epoch extractor, w 0.35                    0.832 / 0.885 / 0.981 / 0.710   0.798
+    30-epoch extractor, w 0.5                     0.823 / 0.911 / 0.991 / 0.741   0.826   <- shipped
+    30-epoch extractor, kernel width 0.1, w 0.5   0.816 / 0.916 / 0.991 / 0.738   0.828   (see above)
+    30 epochs + 6000 images per source, w 0.35    inner>held only, stopped: top-1 0.69-0.70 (10-epoch: 0.82-0.85)
+The benchmark, run once after this choice, did NOT follow it (same-task R@5 0.933 -> 0.900, new-task 0.952 ->
+0.905: one query each, see the README): its seven held-out shapes-texture models are all at chance on their own
+task (calib accuracy 0.24-0.34 for 4 classes, where 7 of the 13 train ones reach 0.41-0.48), so nothing in their
+outputs marks them as texture models, and whether a texture query finds one is luck (a random top 5 of 105 holds
+one of 7 with probability 0.30).
 
 Why (issue 7, Recall@5 >= 0.95 on same-task and new-task queries). Diagnosis on validation first: per source
 task, the weak ones are the shapes labellings, shapes-texture and shapes-size (kernel only, all 95 train models:
@@ -40,7 +67,9 @@ top-1 or transfer (best with the learned ensemble, cross-fit: covariance of bloc
 and shapes-size, 0.67, is the weak task). What helped: averaging learned encoders of several seeds, which
 removes much of the seed-to-seed noise.
 
-Validation protocol (``--validate``; ``evaluate.validate_encoders``): the 95 train models re-split into 51
+Validation protocol before session 5 (``--validate``; ``evaluate.validate_encoders``; the figures below used the
+10-epoch extractor and TRAIN-split queries: to rerun them, rebuild that extractor with `features --rebuild --out F
+--epochs 10`, recapture the signatures with it and add `--validate-split train --extractor F`): the 95 train models re-split into 51
 inner-train and 44 held-out ones, learned encoders fit on one part and scored on the other, in BOTH directions
 (``--cross-fit``: every train model is scored once, and no choice rests on the lopsided split, 1 to 9 models
 per task on a side), with TRAIN-split few-shot queries of the source tasks (5/10/20 shots, seeds 100-104: 150
@@ -87,7 +116,7 @@ train-split queries only.
 
 Rebuild the shipped encoders and the shipped zoo index (about two minutes at one thread, given the zoo built
 by `proxylab zoo build --out runs/zoo200 --n-models 200 --seed 0`, signatures included; defaults: --seed 0,
---ensemble 3, --learned-weight 0.35):
+--ensemble 3, --learned-weight 0.5):
     python -m proxylab.retrieval.train_encoders --zoo runs/zoo200 --ship
 (`--index-only` re-encodes the shipped zoo index with the shipped encoders, no training; `--learned FILE`
 reuses the learned weights of an encoder file instead of training; `--validate CSV` runs the validation.)
@@ -109,7 +138,7 @@ from proxylab.utils import PathLike, atomic_write_json, atomic_write_text, csv_c
 if TYPE_CHECKING:
     from proxylab.retrieval.signature import Signature
 
-SHIPPED_LEARNED_WEIGHT = 0.35  # weight of the learned vector next to the kernel one (chosen on validation)
+SHIPPED_LEARNED_WEIGHT = 0.5  # weight of the learned vector next to the kernel one (chosen on validation)
 SHIPPED_ENSEMBLE = 3  # learned members (training seeds 0, 1, 2) averaged in the learned part (chosen on validation)
 VALIDATION_SPLIT_SEED = 1  # re-split of the train models into inner-train / held-out validation models
 TRAIN_FRACTION = 0.5  # half the zoo trains the encoders; the other half (never seen) is what evaluation indexes
