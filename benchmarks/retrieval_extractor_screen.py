@@ -5,14 +5,16 @@ writes benchmarks/results/retrieval_extractor_screen.csv: one row per (variant, 
 an "all" row per (variant, width).
 
 Each variant NAME:EPOCHS:IMAGES is the shipped extractor recipe (``features.train_extractor``, seed 0, one
-thread) with that many epochs and training images per source task; it is trained into runs/extractors/NAME.pt
-(kept: a rerun reuses it) and the zoo's signatures are captured with it into runs/zoo200-NAME (models linked, not
+thread) with that many epochs and training images per source task; it is trained into
+runs/extractors/NAME-EPOCHSep-IMAGESimg.pt (kept: a rerun with the same recipe reuses it) and the zoo's signatures are captured with it into runs/zoo200-NAME (models linked, not
 copied). Scored training-free, so no encoder training enters the comparison: the kernel map alone
 (``encoders.KernelMap``, kernel seeds 0-2) ranks all 95 TRAIN models (``train_encoders.split_models``) for
 few-shot queries (5/10/20 shots, seeds 100-104) drawn from the CALIB split of every source task: images that no
 extractor, zoo model or encoder trained on and that no benchmark query uses. Ranking all 95 models (not half of
 them, as the cross-fit validation does) puts "top 5" at the same share of the pool as in the benchmark's 105
-test models. Columns: variant, epochs, images_per_source, sigma_class, task, queries, top1_task, recall_at_5;
+test models. Tied kernel scores rank by model id (a stable sort of the id-sorted models): unlike the benchmark's
+tie-aware metrics, so exact ties would count for the lower id (continuous kernel scores practically never tie).
+Columns: variant, epochs, images_per_source, sigma_class, task, queries, top1_task, recall_at_5;
 plus few-shot nearest-centroid accuracy of the features themselves (ncc_5shot, on the calib split).
 """
 from __future__ import annotations
@@ -37,16 +39,21 @@ def variant_zoo(zoo: Path, name: str, epochs: int, images: int):
     from proxylab.retrieval.features import FeatureExtractor, train_extractor
     from proxylab.retrieval.zoo import build_signatures
 
-    path = zoo.parent / "extractors" / f"{name}.pt"
+    path = zoo.parent / "extractors" / f"{name}-{epochs}ep-{images}img.pt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fx, _ = train_extractor(epochs=epochs, max_per_source=images, progress=False)
         fx.save(path)
     fx = FeatureExtractor.load(path)
     out = zoo.parent / f"{zoo.name}-{name}"
-    (out / "signatures").mkdir(parents=True, exist_ok=True)
-    if not (out / "models").exists():
-        os.symlink((zoo / "models").resolve(), out / "models")
+    out.mkdir(parents=True, exist_ok=True)
+    link, target = out / "models", (zoo / "models").resolve()
+    if link.is_symlink() and Path(os.readlink(link)) != target:
+        link.unlink()  # made for another zoo (or dangling): its signatures are another zoo's models'
+        shutil.rmtree(out / "signatures", ignore_errors=True)
+    (out / "signatures").mkdir(exist_ok=True)
+    if not link.is_symlink():
+        os.symlink(target, link)
     for item in ("manifest.csv", "zoo.json"):
         shutil.copyfile(zoo / item, out / item)
     build_signatures(out, progress=False, extractor=fx)  # only the missing or stale ones
@@ -67,7 +74,9 @@ def screen(fx, zoo_dir: Path, sigma: float):
     base = Encoders(extractor_id=fx.id, extractor=fx)
     queries = []
     for name, task in SOURCE_TASKS.items():
-        smallest = int(np.bincount(task.data("calib")[1].numpy()).min())
+        smallest = int(np.bincount(task.data("calib")[1].numpy(), minlength=task.num_classes).min())
+        if smallest < 1:
+            raise SystemExit(f"task {name} has a class with no calib images: no query can be drawn")
         for n in SHOTS:
             for seed in SEEDS:
                 x, y = task.sample("calib", min(n, smallest), seed)

@@ -15,7 +15,7 @@ Setting
 Methods (every one returns a full ranking of the evaluated models)
 - ``proxylab``: encode the query, cosine search of the index. No model is called (calls = 0). The encoders'
   variant (kernel + learned, its weight) was chosen with ``validate_encoders`` (end of this file) on train
-  models and train-split queries only, never with this evaluation.
+  models and calib-split queries only (train-split before session 5), never with this evaluation.
 - ``proxylab+leep@K`` / ``proxylab+nce@K``: the index's top K re-scored by LEEP / NCE on the support set
   (K black-box passes over the support images), the rest in index order.
 - ``random`` (seeded per query), ``largest`` (parameter count, ties by id): trivial baselines.
@@ -377,7 +377,8 @@ VALIDATION_SEEDS = (100, 101)  # query draws of their own: not the benchmark's s
 
 def validation_queries(tasks: Sequence[str], shots: Sequence[int] = VALIDATION_SHOTS,
                        seeds: Sequence[int] = VALIDATION_SEEDS) -> List[Tuple[str, int, int]]:
-    """(task, shots per class, seed) of every validation query: TRAIN-split few-shot draws of source tasks."""
+    """(task, shots per class, seed) of every validation query: few-shot draws of source tasks (the split is the
+    caller's: ``train_encoders.validation_report``'s query_split, calib by default)."""
     return [(t, int(n), int(s)) for t in sorted(tasks) for n in shots for s in seeds]
 
 
@@ -392,7 +393,7 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
       held-out part (51 / 44 of the 95 for zoo200); the held-out part is what ``signatures`` holds here (with
       ``cross_fit`` the report also fits on the held-out part and scores the inner-train part);
     - queries: ``validation_queries``: 5/10/20-shot draws (default seeds 100, 101; the current shipped choice
-      used 100-104) from the TRAIN split of each
+      used 100-104) from the CALIB split (before session 5: the TRAIN split) of each
       source task (`query_features`: {(task, shots, seed): (extractor features, labels)});
     - metrics: top1_task (the top model was trained on the query's task) and recall_at_5 (one of the top 5
       was), over the held-out validation models, averaged over queries; per task top-1 as well; recall_at_2

@@ -26,28 +26,29 @@ extractor (``features.SHIPPED_EPOCHS``).
 Session 5: validation queries from the CALIB split and a pool-matched recall. The protocol below drew its
 queries from the train split, part of which the extractor trained on (every mnist5k and digits train image), and
 scored Recall@5 among 44-51 validation models, where the top 5 are 10-11% of the pool (4.8% of the benchmark's
-105): it read 0.96-1.00 where the benchmark read 0.93. ``--validate`` now draws from the calib split (no
+105): it read 0.95-1.00 (0.964 for the shipped variant) where the benchmark read 0.93. ``--validate`` now draws from the calib split (no
 extractor, zoo model or encoder trains on it; no benchmark query uses it) and adds ``recall_at_2`` (the top 2
 of 44-51 models: 3.9-4.5% of the pool). Choice rule (fixed before the runs): the highest mean of R@2 and
 transfer R@5 whose top-1 is no lower than the shipped variant's. By it the 0.1 kernel width wins by 0.002; the
 default width 0.15 was kept anyway, calling 0.002 a tie (a tolerance set after seeing the figures) and taking
-its higher top-1 (0.823 vs 0.816). Cross-fit, ensemble of 3, query seeds 100-104, pooled over both directions
+its higher top-1 (0.823 vs 0.817). Cross-fit, ensemble of 3, query seeds 100-104, pooled over both directions
 (top-1 / R@2 / R@5 / transfer R@5; `--validate CSV --validate-seeds 0,1,2 --validate-ensemble --cross-fit
 --validate-query-seeds 100,101,102,103,104 --validate-weights 0,0.25,0.35,0.5 [--extractor FILE --zoo ZOO]`,
 committed as benchmarks/results/retrieval_validation_calib.csv (30 epochs), ..._sigma0.1.csv (with --sigma-class
-0.1) and ..._fx10.csv (10 epochs: --zoo runs/zoo200-base --extractor runs/extractors/base.pt, both made by
+0.1) and ..._fx10.csv (10 epochs: --zoo runs/zoo200-base --extractor runs/extractors/base-10ep-2000img.pt, both made by
 benchmarks/retrieval_extractor_screen.py)):
-    10-epoch extractor, w 0.35 (shipped before)   0.804 / 0.845 / 0.944 / 0.746   mean(R@2, tR@5) 0.796
-    10-epoch extractor, w 0.5                     0.800 / 0.857 / 0.975 / 0.711   0.784
-    30-epoch extractor, w 0.35                    0.832 / 0.885 / 0.981 / 0.710   0.798
+    10-epoch extractor, w 0.35 (shipped before)   0.804 / 0.846 / 0.944 / 0.747   mean(R@2, tR@5) 0.796
+    10-epoch extractor, w 0.5                     0.800 / 0.858 / 0.976 / 0.711   0.784
+    30-epoch extractor, w 0.35                    0.832 / 0.886 / 0.981 / 0.710   0.798
     30-epoch extractor, w 0.5                     0.823 / 0.911 / 0.991 / 0.741   0.826   <- shipped
-    30-epoch extractor, kernel width 0.1, w 0.5   0.816 / 0.916 / 0.991 / 0.738   0.828   (see above)
+    30-epoch extractor, kernel width 0.1, w 0.5   0.817 / 0.917 / 0.991 / 0.739   0.828   (see above)
     30 epochs + 6000 images per source, w 0.35    inner>held only, stopped: top-1 0.69-0.70 (10-epoch: 0.82-0.85)
 The benchmark, run once after this choice, did NOT follow it (same-task R@5 0.933 -> 0.900, new-task 0.952 ->
-0.905: one query each, see the README): its seven held-out shapes-texture models are all at chance on their own
-task (calib accuracy 0.24-0.34 for 4 classes, where 7 of the 13 train ones reach 0.41-0.48), so nothing in their
-outputs marks them as texture models, and whether a texture query finds one is luck (a random top 5 of 105 holds
-one of 7 with probability 0.30).
+0.905: one query each, see the README). The same-task misses are the three shapes-texture queries: the seven
+held-out shapes-texture models are at or near chance on their own task (calib accuracy 0.24-0.34 for 4 classes,
+where 7 of the 13 train ones reach 0.41-0.48), so little in their outputs marks them as texture models, and
+whether a texture query finds one is close to luck (a random top 5 of 105 holds one of 7 with probability 0.30).
+The new-task misses are shapes-position at 5 and 20 shots (before: at 10 shots).
 
 Why (issue 7, Recall@5 >= 0.95 on same-task and new-task queries). Diagnosis on validation first: per source
 task, the weak ones are the shapes labellings, shapes-texture and shapes-size (kernel only, all 95 train models:
@@ -420,7 +421,9 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     queries = {}
     for task, n, seed in validation_queries(sorted(set(tasks.values())),
                                             seeds=tuple(query_seeds) if query_seeds else VALIDATION_SEEDS):
-        smallest = int(np.bincount(SOURCE_TASKS[task].data(query_split)[1].numpy()).min())
+        counts = np.bincount(SOURCE_TASKS[task].data(query_split)[1].numpy(), minlength=SOURCE_TASKS[task].num_classes)
+        smallest = int(counts.min())
+        require(smallest >= 1, f"task {task} has a class with no {query_split} images: no query can be drawn")
         x, y = SOURCE_TASKS[task].sample(query_split, min(n, smallest), seed)
         queries[(task, n, seed)] = (fx.embed(x), y.numpy())
     sigs = {i: zoo.signature(i) for i in inner + held}  # read once
@@ -586,6 +589,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f"--grad-clip must be a finite number >= 0 (0: off), got {args.grad_clip}")
     if args.ensemble < 1:
         parser.error(f"--ensemble must be >= 1, got {args.ensemble}")
+    if args.sigma_class is not None and not (math.isfinite(args.sigma_class) and args.sigma_class > 0):
+        parser.error(f"--sigma-class must be a positive finite number, got {args.sigma_class}")
+    if not args.validate and (args.extractor or args.validate_split != "calib"):
+        parser.error("--extractor and --validate-split apply to --validate only (shipping always uses the shipped "
+                     "extractor: rebuild it with `python -m proxylab.retrieval.features --rebuild`)")
+    if args.index_only and args.sigma_class is not None:
+        parser.error("--index-only re-encodes with the shipped encoders; --sigma-class needs training (drop --index-only)")
     if args.validate:
         seeds = [int(v) for v in args.validate_seeds.split(",")] if args.validate_seeds else None
         qseeds = [int(v) for v in args.validate_query_seeds.split(",")] if args.validate_query_seeds else None
@@ -620,7 +630,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         from proxylab.retrieval.encoders import KernelMap
 
         options = {**({"n_features": args.n_features} if args.n_features else {}),
-                   **({"sigma_class": args.sigma_class} if args.sigma_class else {})}
+                   **({"sigma_class": args.sigma_class} if args.sigma_class is not None else {})}
         kernel = KernelMap(enc.feature_dim, **options) if options else None
         enc = with_kernel(enc, kernel, learned_weight=args.learned_weight)
     report.update({"kernel": enc.kernel.config() if enc.kernel is not None else None,

@@ -330,6 +330,22 @@ def test_training_refuses_rates_that_would_ship_broken_encoders(tmp_path, capsys
     assert exit_.value.code == 2 and f"{flag} must be" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--sigma-class", "0"], "--sigma-class must be"),
+    (["--sigma-class", "nan", "--validate", "v.csv"], "--sigma-class must be"),
+    (["--extractor", "fx.pt", "--ship"], "apply to --validate only"),
+    (["--validate-split", "train"], "apply to --validate only"),
+    (["--index-only", "--sigma-class", "0.1"], "--index-only re-encodes"),
+])
+def test_training_cli_refuses_options_that_would_be_ignored_or_invalid(tmp_path, capsys, args, message):
+    """An option that would silently do nothing (or ship the default kernel) is refused before any work."""
+    from proxylab.retrieval.train_encoders import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--zoo", str(tmp_path)] + args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- learned ensembles
 def _members(n, seed0=0):
     return [_enc(seed0 + k) for k in range(n)]

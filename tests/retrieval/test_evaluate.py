@@ -217,6 +217,16 @@ def test_validate_encoders_scores_task_identification():
     assert bad["recall_at_5"] == 1.0  # 5 of 6 models always include one of the 3 wrongly labelled ones
     # the top 2 are the query's true task's models, both labelled with the other task (pool-matched recall)
     assert bad["recall_at_2"] == 0.0
+    # brute-force ranks for query "a": relabel its best 1 (then 2) models so its first own-task model sits at
+    # rank 2 (then 3); query "b" keeps its own models on top. Recall@2 must count rank 2 and not rank 3.
+    vec = {i: enc.encode_signature(sigs[i]) for i in sigs}
+    qa = enc.encode_query_features(*queries[("a", 5, 0)])
+    order_a = sorted(sigs, key=lambda i: -float(vec[i] @ qa))
+    assert {tasks[i] for i in order_a[:3]} == {"a"}
+    at_2 = E.validate_encoders(enc, sigs, {**tasks, order_a[0]: "b"}, queries)
+    assert at_2["top1_task"] == 0.5 and at_2["recall_at_2"] == 1.0
+    at_3 = E.validate_encoders(enc, sigs, {**tasks, order_a[0]: "b", order_a[1]: "b"}, queries)
+    assert at_3["recall_at_2"] == 0.5 and at_3["recall_at_5"] == 1.0
 
 
 def test_validation_report_refuses_test_split_queries(tmp_path):
