@@ -207,17 +207,16 @@ class ZooAdd(Command):
         vector = enc.encode_signature(sig)  # every check happens before the index is touched
         folder = Path(args.index)
         encoder_id = enc.id
-        idx = (ModelIndex.open(folder, encoder_id=encoder_id) if (folder / DB_NAME).is_file()
+        from proxylab.retrieval.legacy import open_proven
+
+        # made before encoder ids were recorded: kept only if its vectors are these encoders' (an index inside a
+        # zoo folder, ZOO/index, has the models' signatures beside it)
+        idx = (open_proven(folder, folder.parent / "signatures", enc) if (folder / DB_NAME).is_file()
                else ModelIndex.create(folder, enc.dim, encoder_id=encoder_id))
         if idx.dim != enc.dim:
             idx.close()
             raise ProxylabError(f"index '{folder}' holds {idx.dim}-d vectors but the encoders make {enc.dim}-d ones: "
                                 "use the encoders the index was built with (--encoders)")
-        from proxylab.retrieval.legacy import adopt_or_close
-
-        # made before encoder ids were recorded: kept only if its vectors are these encoders' (an index inside a
-        # zoo folder, ZOO/index, has the models' signatures beside it)
-        adopt_or_close(idx, folder.parent / "signatures", enc)
         metadata = {"name": args.name, "task": args.task, "family": args.family, "arch": args.arch,
                     "params": int(args.params), "num_classes": int(sig.num_classes)}
         try:

@@ -414,11 +414,11 @@ def build_index(zoo_dir: PathLike, progress: bool = True, encoders=None) -> int:
     zoo = load_zoo(zoo_dir)
     path = Path(zoo_dir) / "index"
     encoder_id = encoders.id
-    idx = (ModelIndex.open(str(path), encoder_id=encoder_id) if _has_index(path)
-           else ModelIndex.create(str(path), encoders.dim, encoder_id=encoder_id))
-    from proxylab.retrieval.legacy import adopt_or_close
+    from proxylab.retrieval.legacy import open_proven
 
-    adopt_or_close(idx, Path(zoo_dir) / "signatures", encoders)  # an index made before encoder ids: proven or refused
+    # an index made before encoder ids is proven by the zoo's signatures or refused
+    idx = (open_proven(path, Path(zoo_dir) / "signatures", encoders) if _has_index(path)
+           else ModelIndex.create(str(path), encoders.dim, encoder_id=encoder_id))
     present = {m["name"] for m in idx.list()}
     todo = [int(row["id"]) for row in zoo.manifest
             if row["name"] not in present and (Path(zoo_dir) / "signatures" / f"{row['name']}.npz").exists()]

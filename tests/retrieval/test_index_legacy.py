@@ -156,6 +156,12 @@ def test_zoo_add_proves_or_refuses_a_legacy_zoo_index(tmp_path):
     with pytest.raises(EncoderMismatchError, match="older encoders made it"):
         ZooAdd().run(_zoo_add_args(zoo / "index", tmp_path / "new.npz", tmp_path / "new.pt", "n1"))
     assert _snapshot(zoo / "index") == before
-    out = ZooAdd().run(_zoo_add_args(zoo / "index", tmp_path / "new.npz", tmp_path / "old.pt", "n1"))
+    import warnings
+
+    from proxylab.retrieval.index import LegacyIndexWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LegacyIndexWarning)  # proven before anything warns "meaningless results"
+        out = ZooAdd().run(_zoo_add_args(zoo / "index", tmp_path / "new.npz", tmp_path / "old.pt", "n1"))
     assert out["models"] == 5
     assert ModelIndex.open(zoo / "index").encoder_id == Encoders.load(tmp_path / "old.pt").id == old.id
