@@ -4,19 +4,18 @@
 writes benchmarks/results/retrieval_extractor_screen.csv: one row per (variant, kernel class width, source task) plus
 an "all" row per (variant, width).
 
-Each variant NAME:EPOCHS:IMAGES is the shipped extractor recipe (``features.train_extractor``, seed 0, one
-thread) with that many epochs and training images per source task; it is trained into
-runs/extractors/NAME-EPOCHSep-IMAGESimg.pt (kept: a rerun with the same recipe reuses it) and the zoo's signatures are captured with it into runs/zoo200-NAME (models linked, not
-copied). Scored training-free, so no encoder training enters the comparison: the kernel map alone
-(``encoders.KernelMap``, kernel seeds 0-2) ranks all 95 TRAIN models (``train_encoders.split_models``) for
-few-shot queries (5/10/20 shots, seeds 100-104) drawn from the CALIB split of every source task: images that no
-extractor, zoo model or encoder trained on and that no benchmark query uses. Ranking all 95 models (not half of
-them, as the cross-fit validation does) puts "top 5" at the same share of the pool as in the benchmark's 105
-test models. Tied kernel scores rank by model id (a stable sort of the id-sorted models): unlike the benchmark's
-tie-aware metrics, so exact ties would count for the lower id (continuous kernel scores practically never tie).
-Columns: variant, epochs, images_per_source, sigma_class, task, queries, top1_task, recall_at_5;
-plus few-shot nearest-centroid accuracy of the features themselves (ncc_5shot, on the calib split).
-"""
+Each variant NAME:EPOCHS:IMAGES is the shipped extractor recipe (``features.train_extractor``, seed 0, one thread)
+with that many epochs and training images per source task; it is trained into
+runs/extractors/NAME-EPOCHSep-IMAGESimg.pt (kept: a rerun with the same recipe reuses it) and the zoo's signatures
+are captured with it into runs/zoo200-NAME (models linked, not copied). Scored training-free, so no encoder training
+enters the comparison: the kernel map alone (``encoders.KernelMap``, kernel seeds 0-2) ranks all 95 TRAIN models
+(``train_encoders.split_models``) for few-shot queries (5/10/20 shots, seeds 100-104) drawn from the CALIB split of
+every source task: images that no extractor, zoo model or encoder trained on and that no benchmark query uses.
+Ranking all 95 models (not half of them, as the cross-fit validation does) puts "top 5" at the same share of the
+pool as in the benchmark's 105 test models. Tied kernel scores rank by model id (a stable sort of the id-sorted
+models): unlike the benchmark's tie-aware metrics, so exact ties would count for the lower id (continuous kernel
+scores practically never tie). Columns: variant, epochs, images_per_source, sigma_class, task, queries, top1_task,
+recall_at_5; plus few-shot nearest-centroid accuracy of the features themselves (ncc_5shot, on the calib split). """
 from __future__ import annotations
 
 import argparse
