@@ -12,9 +12,8 @@ enters the comparison: the kernel map alone (``encoders.KernelMap``, kernel seed
 (``train_encoders.split_models``) for few-shot queries (5/10/20 shots, seeds 100-104) drawn from the CALIB split of
 every source task: images that no extractor, zoo model or encoder trained on and that no benchmark query uses.
 Ranking all 95 models (not half of them, as the cross-fit validation does) puts "top 5" at the same share of the
-pool as in the benchmark's 105 test models. Tied kernel scores rank by model id (a stable sort of the id-sorted
-models): unlike the benchmark's tie-aware metrics, so exact ties would count for the lower id (continuous kernel
-scores practically never tie). Columns: variant, epochs, images_per_source, sigma_class, task, queries, top1_task,
+pool as in the benchmark's 105 test models. Scored by ``evaluate.validate_encoders`` (tied scores count in
+expectation, as in the benchmark). Columns: variant, epochs, images_per_source, sigma_class, task, queries, top1_task,
 recall_at_5; plus few-shot nearest-centroid accuracy of the features themselves (ncc_5shot, on the calib split). """
 from __future__ import annotations
 
@@ -60,40 +59,30 @@ def variant_zoo(zoo: Path, name: str, epochs: int, images: int):
 
 
 def screen(fx, zoo_dir: Path, sigma: float):
-    """Per-task rows of the kernel-only ranking of the train models, means over kernel seeds."""
+    """{task: (queries, top-1, R@5)} of the kernel-only ranking of the train models, means over kernel seeds
+    (``evaluate.validate_encoders``: tie-aware like the benchmark)."""
     from proxylab.retrieval.encoders import Encoders, KernelMap
+    from proxylab.retrieval.evaluate import validate_encoders, validation_query_features
     from proxylab.retrieval.tasks import SOURCE_TASKS
     from proxylab.retrieval.train_encoders import split_models, with_kernel
     from proxylab.retrieval.zoo import load_zoo
 
     zoo = load_zoo(zoo_dir)
     ids = sorted(split_models(zoo.manifest)[0])
-    tasks = np.array([zoo.get(i)["task"] for i in ids])
-    sigs = [zoo.signature(i) for i in ids]
+    tasks = {i: zoo.get(i)["task"] for i in ids}
+    sigs = {i: zoo.signature(i) for i in ids}
+    queries = validation_query_features(list(SOURCE_TASKS), fx, "calib", seeds=SEEDS, shots=SHOTS)
     base = Encoders(extractor_id=fx.id, extractor=fx)
-    queries = []
-    for name, task in SOURCE_TASKS.items():
-        smallest = int(np.bincount(task.data("calib")[1].numpy(), minlength=task.num_classes).min())
-        if smallest < 1:
-            raise SystemExit(f"task {name} has a class with no calib images: no query can be drawn")
-        for n in SHOTS:
-            for seed in SEEDS:
-                x, y = task.sample("calib", min(n, smallest), seed)
-                queries.append((name, fx.embed(x), y.numpy()))
-    hits = {}
-    for k in KERNEL_SEEDS:
-        enc = with_kernel(base, KernelMap(fx.dim, sigma_class=sigma, seed=k), learned_weight=0.0)
-        models = np.stack([enc.encode_signature(s) for s in sigs])
-        for name, f, y in queries:
-            order = np.argsort(-(models @ enc.encode_query_features(f, y)), kind="stable")
-            first = int(np.flatnonzero(tasks[order] == name)[0])
-            hits.setdefault(name, []).append((first == 0, first < 5))
-    return {name: (len(h) // len(KERNEL_SEEDS), float(np.mean([a for a, _ in h])), float(np.mean([b for _, b in h])))
-            for name, h in hits.items()}
+    runs = [validate_encoders(with_kernel(base, KernelMap(fx.dim, sigma_class=sigma, seed=k), learned_weight=0.0),
+                              sigs, tasks, queries) for k in KERNEL_SEEDS]
+    per_task_queries = len(queries) // len(SOURCE_TASKS)
+    return {t: (per_task_queries, float(np.mean([r["per_task_top1"][t] for r in runs])),
+                float(np.mean([r["per_task_recall_at_5"][t] for r in runs]))) for t in SOURCE_TASKS}
 
 
 def ncc(fx):
     """Nearest-class-mean accuracy of 5-shot calib supports on the rest of each task's calib split."""
+    from proxylab.retrieval.encoders import class_prototypes
     from proxylab.retrieval.tasks import SOURCE_TASKS
 
     out = {}
@@ -108,7 +97,7 @@ def ncc(fx):
             idx = np.concatenate([rng.choice(np.flatnonzero(y == c), 5, replace=False) for c in range(task.num_classes)])
             rest = np.ones(len(y), bool)
             rest[idx] = False
-            means = np.stack([f[idx][y[idx] == c].mean(0) for c in range(task.num_classes)])
+            means = class_prototypes(f[idx], y[idx])
             accs.append(float(((f[rest] @ means.T).argmax(1) == y[rest]).mean()))
         out[name] = float(np.mean(accs))
     return out

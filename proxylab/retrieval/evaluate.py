@@ -382,6 +382,26 @@ def validation_queries(tasks: Sequence[str], shots: Sequence[int] = VALIDATION_S
     return [(t, int(n), int(s)) for t in sorted(tasks) for n in shots for s in seeds]
 
 
+def validation_query_features(tasks: Sequence[str], extractor, split: str = "calib",
+                              seeds: Sequence[int] = VALIDATION_SEEDS, shots: Sequence[int] = VALIDATION_SHOTS
+                              ) -> Dict[Tuple[str, int, int], Tuple[np.ndarray, np.ndarray]]:
+    """{(task, shots, seed): (extractor features, labels)} of every ``validation_queries`` draw from `split` of
+    the source tasks. A split with fewer images per class than a query's shots gives that query all of its
+    smallest class (digits calib: 19 for 20 shots)."""
+    from proxylab.retrieval.tasks import SOURCE_TASKS
+
+    out, smallest = {}, {}
+    for task, n, seed in validation_queries(tasks, shots, seeds):
+        source = SOURCE_TASKS[task]
+        if task not in smallest:  # one look at the split per task
+            counts = np.bincount(source.data(split)[1].numpy(), minlength=source.num_classes)
+            require(counts.min() >= 1, f"task {task} has a class with no {split} images: no query can be drawn")
+            smallest[task] = int(counts.min())
+        x, y = source.sample(split, min(n, smallest[task]), seed)
+        out[(task, n, seed)] = (extractor.embed(x), y.numpy())
+    return out
+
+
 def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Dict[int, str],
                       query_features: Dict[Tuple[str, int, int], Tuple[np.ndarray, np.ndarray]],
                       transfer_truth: Optional[Dict[str, Dict[int, float]]] = None) -> Dict[str, object]:
@@ -396,7 +416,7 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
       used 100-104) from the CALIB split (before session 5: the TRAIN split) of each
       source task (`query_features`: {(task, shots, seed): (extractor features, labels)});
     - metrics: top1_task (the top model was trained on the query's task) and recall_at_5 (one of the top 5
-      was), over the held-out validation models, averaged over queries; per task top-1 as well; recall_at_2
+      was), over the held-out validation models, averaged over queries; per task top-1 and R@5 as well; recall_at_2
       (one of the top 2 was) is the benchmark's Recall@5 scaled to this pool: the top 5 of the benchmark's 105
       models are 4.8% of them, the top 2 of 44-51 validation models 3.9-4.5%, while their top 5 are 10-11%
       (so validation R@5 is near 1 where the benchmark's is not);
@@ -410,7 +430,7 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
     require(len(ids) >= 2 and len(query_features) > 0, "validation needs >= 2 models and >= 1 query")
     m = np.stack([encoders.encode_signature(signatures[i]) for i in ids]).astype(np.float64)
     tasks = np.array([model_tasks[i] for i in ids])
-    top1, r2, r5, per_task, t_r5, t_regret = [], [], [], {}, [], []
+    top1, r2, r5, per_task, per_task_r5, t_r5, t_regret = [], [], [], {}, {}, [], []
     for (task, _, _), (f, y) in sorted(query_features.items()):
         q = encoders.encode_query_features(f, y).astype(np.float64)
         score = m @ q
@@ -418,10 +438,12 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
         # tie-aware like the benchmark (query_metrics): tied models count in expectation, never by id
         groups = tie_groups([ids[n] for n in order], score[order])
         own = {ids[n]: float(tasks[n] == task) for n in range(len(ids))}
+        own_ids = [i for i, v in own.items() if v]
         top1.append(expected_top1(groups, own))
-        r2.append(expected_hit_at_k(groups, [i for i, v in own.items() if v], 2))
-        r5.append(expected_hit_at_k(groups, [i for i, v in own.items() if v], 5))
+        r2.append(expected_hit_at_k(groups, own_ids, 2))
+        r5.append(expected_hit_at_k(groups, own_ids, 5))
         per_task.setdefault(task, []).append(top1[-1])
+        per_task_r5.setdefault(task, []).append(r5[-1])
         if transfer_truth is not None and task in transfer_truth:
             keep = [n for n in order if tasks[n] != task]  # the ranking with the task's own models removed
             others = [ids[n] for n in keep]
@@ -430,7 +452,9 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
             t_r5.append(expected_hit_at_k(t_groups, relevant_ids("new", task, {}, acc), 5))
             t_regret.append(max(acc.values()) - expected_top1(t_groups, acc))
     out = {"queries": len(top1), "models": len(ids), "top1_task": float(np.mean(top1)),
-           "recall_at_2": float(np.mean(r2)), "recall_at_5": float(np.mean(r5)), "per_task_top1": {t: float(np.mean(v)) for t, v in per_task.items()}}
+           "recall_at_2": float(np.mean(r2)), "recall_at_5": float(np.mean(r5)),
+           "per_task_top1": {t: float(np.mean(v)) for t, v in per_task.items()},
+           "per_task_recall_at_5": {t: float(np.mean(v)) for t, v in per_task_r5.items()}}
     if t_r5:
         out.update(transfer_recall_at_5=float(np.mean(t_r5)), transfer_regret=float(np.mean(t_regret)))
     return out

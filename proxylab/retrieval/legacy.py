@@ -66,22 +66,14 @@ def adopt_if_vectors_match(index: ModelIndex, signatures_dir: Optional[PathLike]
 
 
 def open_proven(path: PathLike, signatures_dir: Optional[PathLike], encoders) -> ModelIndex:
-    """Open an index for writing with `encoders`: a legacy one is proven (or refused) before anything is said
-    about it, so a caller that can prove it never sees a LegacyIndexWarning; then the usual encoder check."""
+    """Open an index for writing with `encoders`: a legacy one is proven by ``adopt_if_vectors_match`` (or refused)
+    before anything is said about it, so a caller that can prove it never sees a LegacyIndexWarning; then the
+    usual encoder check. The index is closed again when either check refuses."""
     index = ModelIndex.open(path)  # no encoder id yet: opening a legacy index this way does not warn
-    adopt_or_close(index, signatures_dir, encoders)
     try:
+        adopt_if_vectors_match(index, signatures_dir, encoders)
         index.check_encoder(encoders.id, "opened")
-    except EncoderMismatchError:
-        index.close()
-        raise
-    return index
-
-
-def adopt_or_close(index: ModelIndex, signatures_dir: Optional[PathLike], encoders) -> bool:
-    """adopt_if_vectors_match for a caller that opened ``index`` just now: closed again when the check refuses."""
-    try:
-        return adopt_if_vectors_match(index, signatures_dir, encoders)
     except ProxylabError:
         index.close()
         raise
+    return index

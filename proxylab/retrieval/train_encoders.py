@@ -384,8 +384,8 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     images come from: "calib" (default) holds images that neither the extractor, the zoo models nor the learned
     encoders trained on, like the benchmark's test images; "train" (the protocol before session 5) reuses
     training images, whose features the extractor has partly memorised (every mnist5k and digits train image,
-    2000 of each shapes task's 8000), which made the hard shapes tasks look easier than they are. A split with
-    fewer images per class than a query's shots gives that query all of its smallest class (digits calib: 19).
+    2000 of each shapes task's 8000), which made the hard shapes tasks look easier than they are
+    (``evaluate.validation_query_features`` draws them).
     `sigma_class`: the kernel map's class-anchor width (default: KernelMap's).
     Rows: direction, variant, learned_weight, n_features, members, train_seed, kernel_seed, top1_task,
     recall_at_2, recall_at_5, transfer_recall_at_5, transfer_regret, queries, models, fit_models; the rows with direction
@@ -394,7 +394,7 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     from dataclasses import replace
 
     from proxylab.retrieval.encoders import Encoders, KernelMap
-    from proxylab.retrieval.evaluate import VALIDATION_SEEDS, validate_encoders, validation_queries
+    from proxylab.retrieval.evaluate import VALIDATION_SEEDS, validate_encoders, validation_query_features
     from proxylab.retrieval.features import FeatureExtractor
     from proxylab.retrieval.oracle import oracle_rows
     from proxylab.retrieval.tasks import SOURCE_TASKS, QuerySpec
@@ -418,14 +418,8 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     for i in scored:
         for r in oracle_rows(zoo.module(i), zoo.get(i), specs):
             truth.setdefault(r["query_task"], {})[i] = float(r["probe_acc"])
-    queries = {}
-    for task, n, seed in validation_queries(sorted(set(tasks.values())),
-                                            seeds=tuple(query_seeds) if query_seeds else VALIDATION_SEEDS):
-        counts = np.bincount(SOURCE_TASKS[task].data(query_split)[1].numpy(), minlength=SOURCE_TASKS[task].num_classes)
-        smallest = int(counts.min())
-        require(smallest >= 1, f"task {task} has a class with no {query_split} images: no query can be drawn")
-        x, y = SOURCE_TASKS[task].sample(query_split, min(n, smallest), seed)
-        queries[(task, n, seed)] = (fx.embed(x), y.numpy())
+    queries = validation_query_features(sorted(set(tasks.values())), fx, query_split,
+                                        seeds=tuple(query_seeds) if query_seeds else VALIDATION_SEEDS)
     sigs = {i: zoo.signature(i) for i in inner + held}  # read once
     metrics = ("top1_task", "recall_at_2", "recall_at_5", "transfer_recall_at_5", "transfer_regret")
     seeds = list(train_seeds) if train_seeds else [cfg.seed]

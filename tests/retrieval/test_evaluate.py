@@ -210,7 +210,7 @@ def test_validate_encoders_scores_task_identification():
                    learned_weight=0.0)
     res = E.validate_encoders(enc, sigs, tasks, queries)
     assert res["top1_task"] == 1.0 and res["recall_at_5"] == 1.0 and res["queries"] == 2 and res["models"] == 6
-    assert res["recall_at_2"] == 1.0
+    assert res["recall_at_2"] == 1.0 and res["per_task_recall_at_5"] == {"a": 1.0, "b": 1.0}
     swapped = {i: "ba"["ab".index(t)] for i, t in tasks.items()}  # the same vectors, wrong task labels
     bad = E.validate_encoders(enc, sigs, swapped, queries)
     assert bad["top1_task"] == 0.0 and bad["per_task_top1"] == {"a": 0.0, "b": 0.0}
