@@ -9,9 +9,12 @@ anchors / query prototypes plus 0.5 x the learned set-encoder vectors of an ense
 0-2, averaged; each one's ranking loss uses each training model's accuracy on its source task's CALIB split, never the
 test images queried here), on the features of the 30-epoch shipped extractor; that variant was chosen on a
 validation set of train models and calib-split queries only (`python -m proxylab.retrieval.train_encoders --zoo
-runs/zoo200 --validate benchmarks/results/retrieval_validation_calib.csv --validate-seeds 0,1,2 --validate-ensemble
---cross-fit --validate-query-seeds 100,101,102,103,104 --validate-weights 0,0.25,0.35,0.5`, and
-benchmarks/retrieval_extractor_screen.py for the extractor), never on this benchmark.
+runs/zoo200-nogate --validate benchmarks/results/retrieval_validation_calib.csv --validate-seeds 0,1,2
+--validate-ensemble --cross-fit --validate-query-seeds 100,101,102,103,104 --validate-weights 0,0.25,0.35,0.5`, and
+benchmarks/retrieval_extractor_screen.py for the extractor), and kept by the same validation on the gated zoo
+(--zoo runs/zoo200 --validate benchmarks/results/retrieval_validation_gate.csv), never on this benchmark.
+runs/zoo200 is built with the zoo's quality gate (proxylab.retrieval.zoo.GATE_RATIO); retrieval_nogate.csv (and
+its _queries/_targets) are this script's figures on the pre-gate zoo with the session-5 encoders (commit 6e94629).
 
 Setting (details: proxylab.retrieval.evaluate): the learned part was trained on the zoo's train half
 (proxylab.retrieval.train_encoders.split_models: a seeded draw per model id, 95 of the 200 models); this

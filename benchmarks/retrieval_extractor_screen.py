@@ -1,13 +1,13 @@
 """Screen feature-extractor variants for retrieval on VALIDATION data only (the zoo's 95 train models).
 
-    .venv/bin/python benchmarks/retrieval_extractor_screen.py [--zoo runs/zoo200] [--variants base:10:2000,e30:30:2000,...]
+    .venv/bin/python benchmarks/retrieval_extractor_screen.py [--zoo runs/zoo200-nogate] [--variants base:10:2000,e30:30:2000,...]
 writes benchmarks/results/retrieval_extractor_screen.csv: one row per (variant, kernel class width, source task) plus
 an "all" row per (variant, width).
 
 Each variant NAME:EPOCHS:IMAGES is the shipped extractor recipe (``features.train_extractor``, seed 0, one thread)
 with that many epochs and training images per source task; it is trained into
 runs/extractors/NAME-EPOCHSep-IMAGESimg.pt (kept: a rerun with the same recipe reuses it) and the zoo's signatures
-are captured with it into runs/zoo200-NAME (models linked, not copied). Scored training-free, so no encoder training
+are captured with it into ZOO-NAME (runs/zoo200-nogate-NAME; models linked, not copied). Scored training-free, so no encoder training
 enters the comparison: the kernel map alone (``encoders.KernelMap``, kernel seeds 0-2) ranks all 95 TRAIN models
 (``train_encoders.split_models``) for few-shot queries (5/10/20 shots, seeds 100-104) drawn from the CALIB split of
 every source task: images that no extractor, zoo model or encoder trained on and that no benchmark query uses.
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zoo", default="runs/zoo200")
+    parser.add_argument("--zoo", default="runs/zoo200-nogate")  # the pre-gate zoo the committed CSV was made on
     parser.add_argument("--variants", default="base:10:2000,e30:30:2000,m6k:10:6000,e30m6k:30:6000")
     parser.add_argument("--sigmas", default="0.1,0.15,0.2")
     parser.add_argument("--out", default=str(RESULTS / "retrieval_extractor_screen.csv"))

@@ -122,16 +122,25 @@ class ZooBuild(Command):
         parser.add_argument("--no-index", action="store_true", help="do not build zoo_dir/index")
         parser.add_argument("--no-progress", action="store_true", help="no per-model progress lines")
         parser.add_argument("--max-train-images", type=int, help="cap every model's training set (quick demo zoos)")
+        from proxylab.retrieval.zoo import GATE_MAX_ROUNDS, GATE_RATIO
+
+        parser.add_argument("--gate-ratio", type=float, default=GATE_RATIO,
+                            help="quality gate: a model below this multiple of chance accuracy on its task's calib "
+                                 f"split trains another round of its epochs (default {GATE_RATIO}; 0 = no gate)")
+        parser.add_argument("--gate-rounds", type=int, default=GATE_MAX_ROUNDS,
+                            help=f"most training rounds a model gets from the gate (default {GATE_MAX_ROUNDS})")
 
     def run(self, args: argparse.Namespace) -> Dict[str, Any]:
         from proxylab.retrieval.zoo import build_zoo, load_zoo
 
         out = build_zoo(args.out, n_models=args.n_models, seed=args.seed, scheduler=args.scheduler,
                         progress=not args.no_progress, signatures=not args.no_signatures,
-                        index=not (args.no_index or args.no_signatures), max_train_images=args.max_train_images)
+                        index=not (args.no_index or args.no_signatures), max_train_images=args.max_train_images,
+                        gate_ratio=args.gate_ratio, gate_rounds=args.gate_rounds)
         zoo = load_zoo(out)
         signed = sum(1 for r in zoo.manifest if (out / "signatures" / f"{r['name']}.npz").exists())
         return {"out": str(out), "models": len(zoo), "signatures": signed,
+                "gate_failed": sum(1 for r in zoo.manifest if r["gate_passed"] is False),
                 "index": str(out / "index") if (out / "index").is_dir() else "(none)",
                 "manifest": str(out / "manifest.csv")}
 

@@ -9,7 +9,8 @@ Per (model, query) pair:
 This reads weights and features, so it is an ORACLE: only encoder training and evaluation may use it; the
 retrieval method itself sees models as black boxes. Results are cached per model in
 ``zoo_dir/oracle/models/<model name>.csv`` (atomic writes; a rerun computes only missing (model, query)
-pairs), and gathered into ``zoo_dir/oracle/oracle.csv``.
+pairs), and gathered into ``zoo_dir/oracle/oracle.csv``. A cached row counts only for the weights it was
+computed on (``weights_sha256``): a model retrained under the same name is recomputed, never read stale.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from proxylab.utils import PathLike, atomic_write_text, rows_to_csv, torch_threa
 from proxylab.nets.hooks import measuring
 
 ORACLE_FIELDS = ("model_id", "model", "model_task", "query", "query_task", "query_kind", "split", "n_per_class",
-                 "seed", "probe_acc", "same_task")
+                 "seed", "probe_acc", "same_task", "weights_sha256")
 PROBE_C = 1.0  # inverse L2 strength: features are standardised, so one value suits every model
 PROBE_MAX_ITER = 1000
 
@@ -77,7 +78,7 @@ def _query_data(spec: QuerySpec):
     return spec.load()
 
 
-def oracle_rows(module, model_row: Dict[str, Any], queries: Sequence[QuerySpec]) -> List[Dict[str, Any]]:
+def oracle_rows(module, model_row: Dict[str, Any], queries: Sequence[QuerySpec], weights_sha256: str = "") -> List[Dict[str, Any]]:
     """Ground-truth rows of one model (given as a white-box module) for each query."""
     rows = []
     eval_cache: Dict[tuple, np.ndarray] = {}  # one query task's scoring set is shared by its shot/seed variants
@@ -90,7 +91,7 @@ def oracle_rows(module, model_row: Dict[str, Any], queries: Sequence[QuerySpec])
         rows.append({"model_id": int(model_row["id"]), "model": model_row["name"], "model_task": model_row["task"],
                      "query": q.key, "query_task": q.task, "query_kind": q.kind, "split": q.split,
                      "n_per_class": q.n_per_class, "seed": q.seed, "probe_acc": round(acc, 6),
-                     "same_task": int(model_row["task"] == q.task)})
+                     "same_task": int(model_row["task"] == q.task), "weights_sha256": weights_sha256})
     return rows
 
 
@@ -131,12 +132,15 @@ def compute_oracle(zoo_dir: PathLike, queries: Optional[Sequence[QuerySpec]] = N
     with torch_threads(1), threadpool_limits(1):
         for n, model_id in enumerate(wanted_ids, 1):
             row = zoo.get(model_id)
+            sha = zoo.config(model_id).get("weights_sha256", "")
             path = cache_dir / f"{row['name']}.csv"
-            have = {r["query"]: r for r in _read_rows(path)} if path.exists() else {}
+            rows = _read_rows(path) if path.exists() else []
+            have = {r["query"]: r for r in rows if r.get("weights_sha256") == sha}
+            stale = len(have) < len(rows)  # rows of other (or unrecorded) weights: dropped on this rewrite
             missing = [q for q in queries if q.key not in have]
-            if missing:
+            if missing or stale:
                 changed = True
-                for r in oracle_rows(zoo.module(model_id), row, missing):
+                for r in oracle_rows(zoo.module(model_id), row, missing, sha):
                     have[r["query"]] = r
                 _write_rows(path, sorted(have.values(), key=lambda r: r["query"]))
                 if progress:

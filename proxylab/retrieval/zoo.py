@@ -4,7 +4,7 @@ black box, plus (when the retrieval parts exist) their signatures and a model in
 Zoo layout (everything a rerun needs is on disk; a killed build loses at most the model in flight)::
 
     zoo_dir/
-      zoo.json                 build parameters (seed, format); a rerun with another seed is refused
+      zoo.json                 build parameters (seed, format, quality gate); a rerun with others is refused
       manifest.csv             one row per finished model, sorted by id; rewritten (atomically) after each
                                model, so a build in progress can already be read:
                                id, name, task, family, arch, params, num_classes, test_acc, width, epochs,
@@ -12,6 +12,9 @@ Zoo layout (everything a rerun needs is on disk; a killed build loses at most th
                                  task   = source task name (proxylab.retrieval.tasks.SOURCE_TASKS)
                                  family = task family (the data source: mnist5k, animal, digits, shapes)
                                  arch   = architecture family (resnet20, resnet18, mobilenetv2, vgg_small)
+                                 epochs = epochs trained (planned epochs x gate_rounds)
+                                 gate_acc = accuracy on the task's calib split (the quality gate's figure)
+                                 gate_rounds, gate_passed = rounds trained, whether gate_acc reached the gate
       models/<name>/weights.pt state_dict of the wrapped network (canonical images in, logits out)
       models/<name>/config.json how to rebuild it (net, kwargs, num_classes, mean, std, ...) + manifest fields
       signatures/<name>.npz    black-box signature (stage 2, when proxylab.retrieval.signature is present)
@@ -64,8 +67,17 @@ CONNECT_TIMEOUT = 10  # seconds to reach a Dask scheduler
 # (shapes-color, vgg_small 0.25, 1500 images x 1 epoch: 0.89 at lr 0.025, 0.95 at 0.1).
 LEARNING_RATE = 0.05
 TEST_IMAGES = 400  # test images per model for its manifest test_acc
+# The quality gate. A model whose accuracy on its task's CALIB split (never trained on, never queried by the
+# benchmark) stays below GATE_RATIO x chance after its planned epochs trains again, one more round of its planned
+# epochs each time (a warm restart of the same schedule), up to GATE_MAX_ROUNDS rounds in all. Why: at 1 epoch on
+# a few hundred images many models (mostly mobilenetv2) stayed at chance (calib accuracy x classes 0.9-1.2 for
+# 56 of 200 models, 13 of 20 on shapes-texture): such a model carries nothing of its task, yet counts as that
+# task's model. A model that passes in round 1 is byte for byte what it was without the gate.
+GATE_RATIO = 1.5
+GATE_MAX_ROUNDS = 4
+GATE_IMAGES = 1000  # per task; = oracle.CALIB_MAX_IMAGES, so gate_acc is the model's calibration accuracy
 MANIFEST_FIELDS = ("id", "name", "task", "family", "arch", "params", "num_classes", "test_acc", "width", "epochs",
-                   "train_size", "seed", "seconds")
+                   "train_size", "seed", "seconds", "gate_acc", "gate_rounds", "gate_passed")
 
 
 # -- the network every zoo model is --------------------------------------------------------------------------
@@ -115,12 +127,20 @@ class ModelPlan:
     task: str
     arch: str
     kwargs: Dict[str, Any] = field(hash=False)
-    epochs: int
+    epochs: int  # per round; round 1 is the whole plan unless the quality gate asks for more
     train_size: int
     seed: int
+    gate_ratio: float = GATE_RATIO  # 0 = no gate (one round)
+    gate_rounds: int = GATE_MAX_ROUNDS
 
 
-def plan_model(i: int, zoo_seed: int = 0, max_train_images: Optional[int] = None) -> ModelPlan:
+def check_gate(ratio: float, rounds: int) -> None:
+    require(isinstance(ratio, (int, float)) and 0 <= ratio < 100, f"gate ratio must be >= 0 (0 = no gate), got {ratio!r}")
+    require(isinstance(rounds, int) and rounds >= 1, f"gate rounds must be an integer >= 1, got {rounds!r}")
+
+
+def plan_model(i: int, zoo_seed: int = 0, max_train_images: Optional[int] = None, gate_ratio: float = GATE_RATIO,
+               gate_rounds: int = GATE_MAX_ROUNDS) -> ModelPlan:
     """Model i of a zoo: tasks cycle fastest, so any prefix of the zoo covers every source task; the
     architecture family cycles once per round of tasks; the rest is a seeded draw for (zoo_seed, i)."""
     from proxylab.retrieval.tasks import SOURCE_TASKS
@@ -136,7 +156,9 @@ def plan_model(i: int, zoo_seed: int = 0, max_train_images: Optional[int] = None
         epochs -= 1
     size = min(size, MAX_IMAGE_EPOCHS[arch], max_train_images or size)
     seed = int(zoo_seed) * 1_000_003 + int(i)
-    return ModelPlan(i, f"{i:04d}-{task}-{arch}", task, arch, kwargs, epochs, size, seed)
+    check_gate(gate_ratio, gate_rounds)
+    return ModelPlan(i, f"{i:04d}-{task}-{arch}", task, arch, kwargs, epochs, size, seed, float(gate_ratio),
+                     int(gate_rounds))
 
 
 # -- training one model (runs in this process or on a Dask worker) --------------------------------------------
@@ -167,6 +189,16 @@ def task_pool(task_name: str):
     return tx[order].clone(), ty[order].clone(), ex.clone(), ey.clone()
 
 
+@functools.lru_cache(maxsize=None)
+def gate_data(task_name: str):
+    """(x, y) the quality gate scores a model of this task on: its calib split (the first GATE_IMAGES of a
+    seeded draw, the same images as oracle.calibration_accuracy)."""
+    from proxylab.retrieval.tasks import get_task
+
+    x, y = get_task(task_name).data("calib", limit=GATE_IMAGES, seed=0)
+    return x.clone(), y.clone()
+
+
 def _crc(text: str) -> int:
     import zlib
 
@@ -187,6 +219,7 @@ def prepare_pools(task_names: Iterable[str], progress: bool = True) -> None:
     task_names = sorted(set(task_names))
     for name in task_names:
         task_pool(name)
+        gate_data(name)
     clear_cache()
     _log(progress, f"data ready for {len(task_names)} tasks")
 
@@ -196,6 +229,7 @@ def train_model(plan: ModelPlan) -> Tuple[Dict[str, Any], bytes]:
     import torch
 
     from proxylab.nets import count_params, train_net
+    from proxylab.nets.train import evaluate
     from proxylab.retrieval.tasks import get_task
 
     with torch_threads(1):  # results must not depend on the worker's core count
@@ -213,14 +247,28 @@ def train_model(plan: ModelPlan) -> Tuple[Dict[str, Any], bytes]:
                   "batch_size": BATCH_SIZE, "lr": LEARNING_RATE, "seed": plan.seed}
         torch.manual_seed(plan.seed)  # the initial weights
         model = build_module(config)
-        stats = train_net(model, _TaskData(task.dataset_name, task.num_classes, train, test), epochs=plan.epochs,
-                          seed=plan.seed, batch_size=BATCH_SIZE, lr=LEARNING_RATE, progress=False, augment="none")
+        task_data = _TaskData(task.dataset_name, task.num_classes, train, test)
+        gate_x, gate_y = gate_data(plan.task)
+        need = plan.gate_ratio / task.num_classes
+        seconds = 0.0
+        for rounds in range(1, plan.gate_rounds + 1):
+            # Round 1 uses the plan's seed (so a model the gate passes at once is unchanged); later rounds
+            # shuffle the data in another order.
+            stats = train_net(model, task_data, epochs=plan.epochs, seed=plan.seed + (rounds - 1) * 2 ** 40,
+                              batch_size=BATCH_SIZE, lr=LEARNING_RATE, progress=False, augment="none")
+            seconds += float(stats["seconds"])
+            gate_acc = evaluate(model, gate_x, gate_y)
+            if plan.gate_ratio <= 0 or gate_acc >= need:
+                break
         model.eval()
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, buffer)
         data = buffer.getvalue()
-        config.update(params=int(count_params(model.net)), test_acc=round(float(stats["test_acc"]), 6),
-                      train_loss=float(stats["train_loss"]), seconds=round(float(stats["seconds"]), 3),
+        config.update(epochs=plan.epochs * rounds, planned_epochs=plan.epochs, gate_ratio=plan.gate_ratio,
+                      gate_max_rounds=plan.gate_rounds, gate_rounds=rounds, gate_acc=round(gate_acc, 6),
+                      gate_passed=bool(plan.gate_ratio <= 0 or gate_acc >= need),
+                      params=int(count_params(model.net)), test_acc=round(float(stats["test_acc"]), 6),
+                      train_loss=float(stats["train_loss"]), seconds=round(seconds, 3),
                       width=float(plan.kwargs.get("width", 1.0)), weights="weights.pt",
                       weights_sha256=sha256_bytes(data), torch=torch.__version__)
         return config, data
@@ -273,16 +321,24 @@ def write_manifest(zoo_dir: PathLike) -> Path:
     return path
 
 
-def _check_zoo_json(out: Path, seed: int, max_train_images: Optional[int]) -> None:
+_OPTION = {"seed": "--seed", "max_train_images": "--max-train-images", "gate_ratio": "--gate-ratio",
+           "gate_max_rounds": "--gate-rounds"}
+
+
+def _check_zoo_json(out: Path, seed: int, max_train_images: Optional[int], gate_ratio: float, gate_rounds: int) -> None:
     path = out / "zoo.json"
+    settings = {"seed": int(seed), "max_train_images": max_train_images, "gate_ratio": float(gate_ratio),
+                "gate_max_rounds": int(gate_rounds) if gate_ratio > 0 else 1}
     if path.exists():
         meta = json.loads(path.read_text())
-        for key, value in (("seed", int(seed)), ("max_train_images", max_train_images)):
+        if "gate_ratio" not in meta:  # built before the quality gate: every model had one round
+            meta.update(gate_ratio=0.0, gate_max_rounds=1)
+        for key, value in settings.items():
             if meta.get(key) != value:
-                raise ProxylabError(f"zoo '{out}' was built with {key}={meta.get(key)}, not {value}: rerun with the "
-                                    "same settings to resume or grow it, or build into a new folder")
+                raise ProxylabError(f"zoo '{out}' was built with {key}={meta.get(key)}, not {value}: rerun with "
+                                    f"{_OPTION[key]} {meta.get(key)} to resume or grow it, or build into a new folder")
     else:
-        atomic_write_json(path, {"format": ZOO_FORMAT, "seed": int(seed), "max_train_images": max_train_images,
+        atomic_write_json(path, {"format": ZOO_FORMAT, **settings,
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
@@ -293,30 +349,37 @@ def _log(progress: bool, text: str) -> None:
 
 def build_zoo(out_dir: PathLike, n_models: int = 200, seed: int = 0, scheduler: Optional[str] = None,
               progress: bool = True, signatures: bool = True, index: bool = True,
-              max_train_images: Optional[int] = None) -> Path:
+              max_train_images: Optional[int] = None, gate_ratio: float = GATE_RATIO,
+              gate_rounds: int = GATE_MAX_ROUNDS) -> Path:
     """Train (or finish training) models 0..n_models-1 into `out_dir`, then capture their signatures and
     index them when those parts are available. Resumable; `scheduler` = Dask scheduler address.
-    `max_train_images` caps every model's training set (tiny zoos for tests and demos)."""
+    `max_train_images` caps every model's training set (tiny zoos for tests and demos). `gate_ratio`,
+    `gate_rounds`: the quality gate (GATE_RATIO above; ratio 0 = none); a model still below it after
+    `gate_rounds` rounds stays in the zoo with gate_passed False in the manifest, and the build says so."""
     require(isinstance(n_models, int) and n_models >= 1, f"n_models must be a positive integer, got {n_models!r}")
     require(max_train_images is None or (isinstance(max_train_images, int) and max_train_images >= BATCH_SIZE),
             f"max_train_images must be an integer >= {BATCH_SIZE} (one batch), got {max_train_images!r}")
+    check_gate(gate_ratio, gate_rounds)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ProxylabError(f"zoo output '{out}' is a file: give a folder")
     (out / "models").mkdir(parents=True, exist_ok=True)
-    _check_zoo_json(out, seed, max_train_images)
+    _check_zoo_json(out, seed, max_train_images, gate_ratio, gate_rounds)
     for stale in (out / "models").glob(".*.tmp-*"):  # what a killed build left half-written
         shutil.rmtree(stale, ignore_errors=True)
     done = finished_models(out)
-    todo = [plan_model(i, seed, max_train_images) for i in range(n_models) if i not in done]
+    todo = [plan_model(i, seed, max_train_images, gate_ratio, gate_rounds) for i in range(n_models) if i not in done]
     _log(progress, f"zoo {out}: {len(done)} models already built, {len(todo)} to train")
     start = time.perf_counter()
 
     def finished(k: int, config: Dict[str, Any], data: bytes) -> None:
         _write_model(out / "models", config, data)
         write_manifest(out)
-        _log(progress, f"[{k}/{len(todo)}] {config['name']}: test_acc {config['test_acc']:.3f}, "
-                       f"{config['params']} params, {config['seconds']:.1f} s (total {time.perf_counter() - start:.0f} s)")
+        gate = "" if config["gate_rounds"] == 1 else (f", {config['gate_rounds']} rounds, gate "
+                                                       f"{'passed' if config['gate_passed'] else 'FAILED'}")
+        _log(progress, f"[{k}/{len(todo)}] {config['name']}: test_acc {config['test_acc']:.3f}, calib "
+                       f"{config['gate_acc']:.3f}{gate}, {config['params']} params, {config['seconds']:.1f} s "
+                       f"(total {time.perf_counter() - start:.0f} s)")
 
     if scheduler:
         _train_on_dask(todo, scheduler, finished)
@@ -325,6 +388,11 @@ def build_zoo(out_dir: PathLike, n_models: int = 200, seed: int = 0, scheduler: 
         for k, plan in enumerate(todo, 1):
             finished(k, *train_model(plan))
     write_manifest(out)
+    failed = [r["name"] for r in finished_models(out).values() if r.get("gate_passed") is False]
+    if failed:
+        _log(progress, f"quality gate: {len(failed)} model(s) stayed below {gate_ratio}x chance on their calib split "
+                       f"after {gate_rounds} rounds and are kept, marked gate_passed=False in manifest.csv: "
+                       + ", ".join(failed))
     if signatures:
         build_signatures(out, progress=progress)
     if index:
@@ -470,6 +538,10 @@ class Zoo:
                 r[k] = int(r[k])
             for k in _FLOAT_FIELDS:
                 r[k] = float(r[k])
+            # The quality gate's columns: empty (None) in a zoo built before the gate.
+            r["gate_acc"] = float(r["gate_acc"]) if r.get("gate_acc") else None
+            r["gate_rounds"] = int(r["gate_rounds"]) if r.get("gate_rounds") else None
+            r["gate_passed"] = {"True": True, "False": False}.get(r.get("gate_passed") or "")
         self.manifest: List[Dict[str, Any]] = rows
         self._by_id = {r["id"]: r for r in rows}
 

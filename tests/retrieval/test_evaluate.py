@@ -234,3 +234,25 @@ def test_validation_report_refuses_test_split_queries(tmp_path):
 
     with pytest.raises(ProxylabError, match="calib or train split"):
         validation_report(tmp_path / "no-zoo", query_split="test")
+
+
+def test_validation_queries_come_from_the_calib_split_by_default():
+    from proxylab.retrieval.tasks import SOURCE_TASKS
+
+    class Raw:  # an "extractor" that hands the images back, so the draw can be traced to its split
+        def embed(self, x):
+            return x.flatten(1).numpy()
+
+    def rows(split):
+        return {im.tobytes() for im in SOURCE_TASKS["digits-lo"].data(split)[0].flatten(1).numpy()}
+
+    calib, train = rows("calib"), rows("train")
+    got = E.validation_query_features(["digits-lo"], Raw(), seeds=(0, 1), shots=(5, 20))
+    assert sorted(got) == [("digits-lo", 5, 0), ("digits-lo", 5, 1), ("digits-lo", 20, 0), ("digits-lo", 20, 1)]
+    for (_, shots, _), (f, y) in got.items():
+        drawn = {row.tobytes() for row in f}
+        assert drawn <= calib and not drawn & train
+        # digits calib has 19 images in its smallest class: 20 shots are capped there, every class alike
+        assert np.bincount(y).tolist() == [min(shots, 19)] * 5
+    (f, _), = E.validation_query_features(["digits-lo"], Raw(), split="train", seeds=(0,), shots=(5,)).values()
+    assert {row.tobytes() for row in f} <= train

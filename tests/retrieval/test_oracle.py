@@ -82,6 +82,25 @@ def test_compute_oracle_rows_cache_and_resume(one_model_zoo):
     assert all(0.0 <= r["probe_acc"] <= 1.0 for r in gathered)
 
 
+def test_oracle_rows_of_other_weights_are_recomputed(one_model_zoo, tmp_path):
+    import shutil
+
+    zoo_dir = tmp_path / "z"
+    shutil.copytree(one_model_zoo, zoo_dir)
+    q = QuerySpec("mnist5k-lo", 5)
+    sha = load_zoo(zoo_dir).config(0)["weights_sha256"]
+    (row,) = compute_oracle(zoo_dir, [q], progress=False)
+    assert row["weights_sha256"] == sha
+    cache = zoo_dir / "oracle" / "models" / f"{row['model']}.csv"
+    # a cached row of other weights (a model retrained under the same name) or of none recorded (written
+    # before the column existed) is recomputed, not read
+    for stale in ("0" * 64, ""):
+        cache.write_text(cache.read_text().replace(f",{row['probe_acc']},", ",0.123,").replace(sha, stale))
+        (again,) = compute_oracle(zoo_dir, [q], progress=False)
+        assert again == row
+        assert load_oracle(zoo_dir) == [row]
+
+
 def test_oracle_errors(one_model_zoo, tmp_path):
     with pytest.raises(ProxylabError, match="no oracle"):
         load_oracle(tmp_path)

@@ -1,0 +1,109 @@
+"""The zoo's quality gate: a model below GATE_RATIO x chance on its calib split trains more rounds."""
+import dataclasses
+import json
+
+import pytest
+
+from proxylab.errors import ProxylabError
+from proxylab.nets.train import evaluate
+from proxylab.retrieval.zoo import (GATE_MAX_ROUNDS, GATE_RATIO, build_zoo, build_module, gate_data, load_zoo,
+                                    plan_model, train_model)
+
+TINY = 64
+
+
+def _module(config, data):
+    import io
+
+    import torch
+
+    model = build_module(config)
+    model.load_state_dict(torch.load(io.BytesIO(data)))
+    return model.eval()
+
+
+def test_gate_acc_is_the_calib_accuracy_of_the_weights_shipped():
+    from proxylab.retrieval.tasks import get_task
+
+    plan = plan_model(1, 0, TINY)  # on 64 images this one needs all 4 rounds to pass
+    config, data = train_model(plan)
+    x, y = gate_data(plan.task)
+    want_x, want_y = get_task(plan.task).data("calib", limit=1000, seed=0)  # oracle.calibration_accuracy's images
+    assert (x == want_x).all() and (y == want_y).all()
+    assert config["gate_acc"] == pytest.approx(evaluate(_module(config, data), x, y), abs=1e-6)
+    need = GATE_RATIO / config["num_classes"]
+    assert config["gate_passed"] == (config["gate_acc"] >= need)
+    assert config["gate_passed"] is True and config["gate_rounds"] == GATE_MAX_ROUNDS == 4
+    assert config["epochs"] == plan.epochs * 4 and config["planned_epochs"] == plan.epochs
+    # it stopped at the first round that passed: one round fewer and it fails
+    config3, _ = train_model(dataclasses.replace(plan, gate_rounds=3))
+    assert config3["gate_acc"] < need and config3["gate_passed"] is False and config3["gate_rounds"] == 3
+
+
+def test_a_model_the_gate_passes_at_once_is_unchanged_and_a_failing_one_trains_on():
+    plan = plan_model(1, 0, TINY)
+    plain, plain_bytes = train_model(dataclasses.replace(plan, gate_ratio=0.0))
+    assert plain["gate_rounds"] == 1 and plain["gate_passed"] is True
+    easy, easy_bytes = train_model(dataclasses.replace(plan, gate_ratio=1e-9))  # passes in round 1
+    assert easy["gate_rounds"] == 1 and easy_bytes == plain_bytes
+    # an unreachable gate (above 100% accuracy): every round is trained, the model is kept but marked
+    hard, hard_bytes = train_model(dataclasses.replace(plan, gate_ratio=99.0, gate_rounds=2))
+    assert hard["gate_rounds"] == 2 and hard["gate_passed"] is False and hard["epochs"] == 2 * plan.epochs
+    assert hard_bytes != plain_bytes  # round 2 trained on from round 1's weights
+
+
+def test_build_records_the_gate_and_refuses_other_gate_settings(tmp_path, capsys):
+    out = tmp_path / "z"
+    build_zoo(out, n_models=1, seed=0, signatures=False, index=False, max_train_images=TINY, gate_ratio=99.0,
+              gate_rounds=2)
+    assert "quality gate: 1 model(s) stayed below 99.0x chance" in capsys.readouterr().err
+    row = load_zoo(out).get(0)
+    assert row["gate_passed"] is False and row["gate_rounds"] == 2 and 0.0 <= row["gate_acc"] <= 1.0
+    meta = json.loads((out / "zoo.json").read_text())
+    assert (meta["gate_ratio"], meta["gate_max_rounds"]) == (99.0, 2)
+    with pytest.raises(ProxylabError, match="gate_ratio=99.0, not 1.5: rerun with --gate-ratio 99.0"):
+        build_zoo(out, n_models=1, seed=0, progress=False, signatures=False, index=False, max_train_images=TINY)
+    with pytest.raises(ProxylabError, match="gate_max_rounds=2, not 3: rerun with --gate-rounds 2"):
+        build_zoo(out, n_models=1, seed=0, progress=False, signatures=False, index=False, max_train_images=TINY,
+                  gate_ratio=99.0, gate_rounds=3)
+
+
+def test_a_zoo_built_before_the_gate_resumes_only_without_it(tmp_path):
+    out = tmp_path / "old"
+    build_zoo(out, n_models=1, seed=0, progress=False, signatures=False, index=False, max_train_images=TINY,
+              gate_ratio=0.0)
+    meta = json.loads((out / "zoo.json").read_text())
+    for key in ("gate_ratio", "gate_max_rounds"):
+        del meta[key]
+    (out / "zoo.json").write_text(json.dumps(meta))
+    with pytest.raises(ProxylabError, match="rerun with --gate-ratio 0.0"):
+        build_zoo(out, n_models=2, seed=0, progress=False, signatures=False, index=False, max_train_images=TINY)
+    build_zoo(out, n_models=2, seed=0, progress=False, signatures=False, index=False, max_train_images=TINY,
+              gate_ratio=0.0)
+    assert [r["gate_rounds"] for r in load_zoo(out).manifest] == [1, 1]
+    # an old manifest without the gate's columns still loads, its gate fields empty
+    text = (out / "manifest.csv").read_text().splitlines()
+    old = [",".join(line.split(",")[:-3]) for line in text]
+    (out / "manifest.csv").write_text("\n".join(old) + "\n")
+    row = load_zoo(out).get(0)
+    assert row["gate_acc"] is None and row["gate_passed"] is None and row["test_acc"] >= 0
+
+
+@pytest.mark.parametrize("ratio, rounds, match", [(-1.0, 4, "gate ratio"), (float("nan"), 4, "gate ratio"),
+                                                  (1.5, 0, "gate rounds"), (1.5, 2.5, "gate rounds")])
+def test_bad_gate_settings_are_refused(tmp_path, ratio, rounds, match):
+    with pytest.raises(ProxylabError, match=match):
+        build_zoo(tmp_path / "z", n_models=1, max_train_images=TINY, gate_ratio=ratio, gate_rounds=rounds)
+    assert not (tmp_path / "z").exists()
+
+
+def test_cli_gate_options(tmp_path, capsys):
+    from proxylab.cli import main
+
+    code = main(["zoo", "build", "--out", str(tmp_path / "z"), "--n-models", "1", "--max-train-images", str(TINY),
+                 "--no-signatures", "--gate-ratio", "99", "--gate-rounds", "2"])
+    assert code == 0
+    assert "gate_failed: 1" in capsys.readouterr().out
+    code = main(["zoo", "build", "--out", str(tmp_path / "y"), "--n-models", "1", "--gate-rounds", "0"])
+    assert code != 0 and "gate rounds must be an integer >= 1" in capsys.readouterr().err
+    assert GATE_MAX_ROUNDS >= 2
