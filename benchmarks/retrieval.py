@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/retrieval.py [--zoo runs/zoo200] [--shots 5,10,20] [--seeds 0] [--rerank-k 10]
 writes benchmarks/results/retrieval.csv (one row per method x query kind), retrieval_queries.csv (one row per
-method x query) and retrieval_targets.csv (the issue's targets, met or not).
+method x query) and retrieval_targets.csv (the issue's targets, met or not); with several --seeds also
+retrieval_truth_stability.csv (evaluate.truth_stability: how well one support draw's oracle ranking finds another
+draw's relevant models, per new task).
 
 Encoders: the shipped ones (proxylab.retrieval.encoders): a training-free kernel mean embedding of the class
 anchors / query prototypes plus 0.5 x the learned set-encoder vectors of an ensemble of 3 encoders (training seeds
@@ -159,6 +161,16 @@ def main(argv=None) -> int:
     out = Path(args.out)
     _write(out, COLUMNS, summary)
     _write(out.with_name(out.stem + "_queries.csv"), QUERY_COLUMNS, per_query)
+    if len({q.seed for q in queries}) > 1:
+        # How stable is the new-task truth across support draws? (evaluate.truth_stability; oracle rows cached)
+        from proxylab.retrieval.evaluate import oracle_ground_truth, truth_stability
+        from proxylab.retrieval.train_encoders import split_models
+        from proxylab.retrieval.zoo import load_zoo
+
+        test_ids = split_models(load_zoo(args.zoo).manifest)[1]
+        new = [q for q in queries if q.kind == "new"]
+        stability = truth_stability(new, oracle_ground_truth(args.zoo, new, test_ids, progress=False))
+        _write(out.with_name(out.stem + "_truth_stability.csv"), ["task", "pairs", "recall_at_5"], stability)
     targets = check_targets(summary, args.rerank_k)
     _write(out.with_name(out.stem + "_targets.csv"), ["target", "query_kind", "value", "threshold", "met"],
            [dict(zip(["target", "query_kind", "value", "threshold", "met"], t)) for t in targets])

@@ -370,6 +370,34 @@ def oracle_ground_truth(zoo_dir, queries, model_ids: Sequence[int], progress: bo
     return out
 
 
+def truth_stability(queries, truth: Dict[str, Dict[int, float]], k: int = 5) -> List[Dict[str, object]]:
+    """How far the new-task ground truth itself moves with the support draw: for every new-task query and every
+    OTHER seed of the same (task, shots), rank the models by that draw's oracle accuracies and score Recall@k
+    against this draw's relevant models (tie-aware, as every method). Rows per task (plus "all"): task, pairs,
+    recall_at_k. Near 1: the truth is stable and a miss is the method's; far below: no ranking, not even the
+    oracle's own on another draw, can reach a high Recall@k there."""
+    by_task: Dict[str, List[float]] = {}
+    draws: Dict[Tuple[str, int], Dict[int, str]] = {}
+    for q in queries:
+        if q.kind == "new" and q.key in truth:
+            draws.setdefault((q.task, q.n_per_class), {})[q.seed] = q.key
+    for (task, _), seeds in sorted(draws.items()):
+        for seed, key in seeds.items():
+            relevant = top_n_with_ties(truth[key], N_RELEVANT_NEW)
+            for other, other_key in seeds.items():
+                if other == seed:
+                    continue
+                acc = truth[other_key]
+                ids = sorted(acc, key=lambda i: (-acc[i], i))
+                hit = expected_hit_at_k(tie_groups(ids, [acc[i] for i in ids]), relevant, k)
+                by_task.setdefault(task, []).append(hit)
+    rows = [{"task": t, "pairs": len(v), f"recall_at_{k}": float(np.mean(v))} for t, v in sorted(by_task.items())]
+    every = [h for v in by_task.values() for h in v]
+    if every:
+        rows.append({"task": "all", "pairs": len(every), f"recall_at_{k}": float(np.mean(every))})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- validation
 VALIDATION_SHOTS = (5, 10, 20)
 VALIDATION_SEEDS = (100, 101)  # query draws of their own: not the benchmark's seed 0 nor its TEST split

@@ -78,7 +78,8 @@ def _query_data(spec: QuerySpec):
     return spec.load()
 
 
-def oracle_rows(module, model_row: Dict[str, Any], queries: Sequence[QuerySpec], weights_sha256: str = "") -> List[Dict[str, Any]]:
+def oracle_rows(module, model_row: Dict[str, Any], queries: Sequence[QuerySpec],
+                weights_sha256: str = "") -> List[Dict[str, Any]]:
     """Ground-truth rows of one model (given as a white-box module) for each query."""
     rows = []
     eval_cache: Dict[tuple, np.ndarray] = {}  # one query task's scoring set is shared by its shot/seed variants
@@ -153,11 +154,17 @@ def compute_oracle(zoo_dir: PathLike, queries: Optional[Sequence[QuerySpec]] = N
 
 
 def gather_oracle(zoo_dir: PathLike) -> Path:
-    """zoo_dir/oracle/oracle.csv: every cached row of every model, sorted by (model_id, query)."""
+    """zoo_dir/oracle/oracle.csv: every cached row of every zoo model, sorted by (model_id, query), that was
+    computed on the model's current weights (a stale file of a retrained model, or of a model no longer in
+    the zoo, contributes nothing until compute_oracle refreshes it)."""
+    from proxylab.retrieval.zoo import load_zoo
+
+    zoo = load_zoo(zoo_dir)
+    current = {r["name"]: zoo.config(r["id"]).get("weights_sha256", "") for r in zoo.manifest}
     folder = Path(zoo_dir) / "oracle"
     rows: List[Dict[str, Any]] = []
     for path in sorted((folder / "models").glob("*.csv")):
-        rows.extend(_read_rows(path))
+        rows.extend(r for r in _read_rows(path) if current.get(r["model"]) == r.get("weights_sha256"))
     rows.sort(key=lambda r: (r["model_id"], r["query"]))
     _write_rows(folder / "oracle.csv", rows)
     return folder / "oracle.csv"
@@ -182,9 +189,11 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
                          max_images: int = CALIB_MAX_IMAGES) -> Dict[int, float]:
     """{model id: accuracy on its source task's CALIBRATION split}; cached in zoo_dir/oracle/calib_accuracy.csv.
 
-    The calib split is neither trained on (zoo models train on a prefix of the train split) nor used by any
-    query (supports and scoring sets come from the test split, validation queries from the train split), so
-    this accuracy can steer encoder training without leaking evaluation images. Oracle-side: it runs the zoo's
+    No model trains on the calib split (zoo models train on a prefix of the train split) and no benchmark query
+    uses it (supports and scoring sets come from the test split), so this accuracy can steer encoder training
+    without leaking evaluation images. It is not untouched, though: validation queries are drawn from it (session
+    5), and the zoo's quality gate (``zoo.GATE_RATIO``, session 6) trains a model on until its accuracy here
+    passes, so for a retrained model this figure is slightly optimistic. Oracle-side: it runs the zoo's
     own models on the task's labelled images. A cached row counts only for the same weights (sha256) and image
     count; stale rows are recomputed.
     """

@@ -256,3 +256,25 @@ def test_validation_queries_come_from_the_calib_split_by_default():
         assert np.bincount(y).tolist() == [min(shots, 19)] * 5
     (f, _), = E.validation_query_features(["digits-lo"], Raw(), split="train", seeds=(0,), shots=(5,)).values()
     assert {row.tobytes() for row in f} <= train
+
+
+def test_truth_stability_scores_one_draws_oracle_against_anothers_relevant_models():
+    from proxylab.retrieval.tasks import QuerySpec
+
+    a0, a1, b0, b1 = (QuerySpec("mnist5k-odd", 5, 0), QuerySpec("mnist5k-odd", 5, 1),
+                      QuerySpec("animal-odd", 5, 0), QuerySpec("animal-odd", 5, 1))
+    same = QuerySpec("mnist5k-lo", 5, 0)  # same-task queries are left out
+    stable = {i: 1.0 - i / 20 for i in range(20)}  # model 0 best, then 1, ...
+    flipped = {i: i / 20 for i in range(20)}  # the reverse order: top 5 = 15..19
+    truth = {a0.key: stable, a1.key: dict(stable), b0.key: stable, b1.key: flipped, same.key: stable}
+    rows = {r["task"]: r for r in E.truth_stability([a0, a1, b0, b1, same], truth)}
+    assert set(rows) == {"mnist5k-odd", "animal-odd", "all"}
+    assert rows["mnist5k-odd"]["recall_at_5"] == 1.0 and rows["mnist5k-odd"]["pairs"] == 2
+    assert rows["animal-odd"]["recall_at_5"] == 0.0  # the other draw's top 5 holds none of this draw's
+    assert rows["all"] == {"task": "all", "pairs": 4, "recall_at_5": 0.5}
+    # ties count in expectation: a draw where all 20 models tie ranks one of the other draw's 5 relevant models
+    # into its top 5 with probability 1 - C(15,5)/C(20,5); the other way round every model is relevant (all tie
+    # with the 5th), so that pair scores 1
+    tied = {a0.key: stable, a1.key: {i: 0.5 for i in range(20)}}
+    got = {r["task"]: r for r in E.truth_stability([a0, a1], tied)}["mnist5k-odd"]["recall_at_5"]
+    assert got == pytest.approx((1 - math.comb(15, 5) / math.comb(20, 5) + 1.0) / 2, abs=1e-12)

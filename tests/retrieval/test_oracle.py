@@ -99,6 +99,20 @@ def test_oracle_rows_of_other_weights_are_recomputed(one_model_zoo, tmp_path):
         (again,) = compute_oracle(zoo_dir, [q], progress=False)
         assert again == row
         assert load_oracle(zoo_dir) == [row]
+    # the gathered table holds only rows of the current weights: retrain the model (a new sha in its config)
+    # and gathering alone drops its old rows; computing again brings them back for the new weights
+    import json
+
+    from proxylab.retrieval.oracle import gather_oracle
+
+    config_path = zoo_dir / "models" / row["model"] / "config.json"
+    config = json.loads(config_path.read_text())
+    config["weights_sha256"] = "f" * 64
+    config_path.write_text(json.dumps(config))
+    gather_oracle(zoo_dir)
+    assert load_oracle(zoo_dir) == []
+    (fresh,) = compute_oracle(zoo_dir, [q], progress=False)
+    assert fresh["weights_sha256"] == "f" * 64 and load_oracle(zoo_dir) == [fresh]
 
 
 def test_oracle_errors(one_model_zoo, tmp_path):
