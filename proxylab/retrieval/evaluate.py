@@ -374,8 +374,8 @@ def truth_stability(queries, truth: Dict[str, Dict[int, float]], k: int = 5) -> 
     """How far the new-task ground truth itself moves with the support draw: for every new-task query and every
     OTHER seed of the same (task, shots), rank the models by that draw's oracle accuracies and score Recall@k
     against this draw's relevant models (tie-aware, as every method). Rows per task (plus "all"): task, pairs,
-    recall_at_k. Near 1: the truth is stable and a miss is the method's; far below: no ranking, not even the
-    oracle's own on another draw, can reach a high Recall@k there."""
+    recall_at_k. Near 1: the truth is stable and a miss is the method's; far below: the truth itself moves with the
+    draw, so even the oracle's ranking from another draw misses there."""
     by_task: Dict[str, List[float]] = {}
     draws: Dict[Tuple[str, int], Dict[int, str]] = {}
     for q in queries:

@@ -15,6 +15,7 @@ Zoo layout (everything a rerun needs is on disk; a killed build loses at most th
                                  epochs = epochs trained (planned epochs x gate_rounds)
                                  gate_acc = accuracy on the task's calib split (the quality gate's figure)
                                  gate_rounds, gate_passed = rounds trained, whether gate_acc reached the gate
+                                   (gate_passed empty when the zoo was built without a gate)
       models/<name>/weights.pt state_dict of the wrapped network (canonical images in, logits out)
       models/<name>/config.json how to rebuild it (net, kwargs, num_classes, mean, std, ...) + manifest fields
       signatures/<name>.npz    black-box signature (stage 2, when proxylab.retrieval.signature is present)
@@ -31,6 +32,7 @@ import csv
 import functools
 import io
 import json
+import numbers
 import os
 import shutil
 import sys
@@ -142,10 +144,10 @@ MIN_SOURCE_CLASSES = 3  # the fewest classes of any source task (shapes-size): a
 def check_gate(ratio: float, rounds: int) -> None:
     """Refuse gate settings that are not numbers, that no model could pass (accuracy >= ratio / classes > 1 on
     the 3-class task), or rounds that are no positive integer."""
-    require(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio < MIN_SOURCE_CLASSES,
+    require(isinstance(ratio, numbers.Real) and not isinstance(ratio, bool) and 0 <= ratio < MIN_SOURCE_CLASSES,
             f"gate ratio must be in [0, {MIN_SOURCE_CLASSES}) (0 = no gate; {MIN_SOURCE_CLASSES} or more x chance is "
             f"above 100% accuracy on the {MIN_SOURCE_CLASSES}-class source task), got {ratio!r}")
-    require(isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 1,
+    require(isinstance(rounds, numbers.Integral) and not isinstance(rounds, bool) and rounds >= 1,
             f"gate rounds must be an integer >= 1, got {rounds!r}")
 
 
@@ -387,8 +389,8 @@ def build_zoo(out_dir: PathLike, n_models: int = 200, seed: int = 0, scheduler: 
     def finished(k: int, config: Dict[str, Any], data: bytes) -> None:
         _write_model(out / "models", config, data)
         write_manifest(out)
-        gate = "" if config["gate_rounds"] == 1 else (f", {config['gate_rounds']} rounds, gate "
-                                                       f"{'passed' if config['gate_passed'] else 'FAILED'}")
+        gate = "" if config["gate_rounds"] == 1 and config["gate_passed"] is not False else (
+            f", {config['gate_rounds']} round(s), gate {'passed' if config['gate_passed'] else 'FAILED'}")
         _log(progress, f"[{k}/{len(todo)}] {config['name']}: test_acc {config['test_acc']:.3f}, calib "
                        f"{config['gate_acc']:.3f}{gate}, {config['params']} params, {config['seconds']:.1f} s "
                        f"(total {time.perf_counter() - start:.0f} s)")

@@ -266,8 +266,10 @@ def test_truth_stability_scores_one_draws_oracle_against_anothers_relevant_model
     same = QuerySpec("mnist5k-lo", 5, 0)  # same-task queries are left out
     stable = {i: 1.0 - i / 20 for i in range(20)}  # model 0 best, then 1, ...
     flipped = {i: i / 20 for i in range(20)}  # the reverse order: top 5 = 15..19
-    truth = {a0.key: stable, a1.key: dict(stable), b0.key: stable, b1.key: flipped, same.key: stable}
-    rows = {r["task"]: r for r in E.truth_stability([a0, a1, b0, b1, same], truth)}
+    a10 = QuerySpec("mnist5k-odd", 10, 2)  # another shot count: never paired with the 5-shot draws
+    truth = {a0.key: stable, a1.key: dict(stable), b0.key: stable, b1.key: flipped, same.key: stable,
+             a10.key: flipped}
+    rows = {r["task"]: r for r in E.truth_stability([a0, a1, b0, b1, same, a10], truth)}
     assert set(rows) == {"mnist5k-odd", "animal-odd", "all"}
     assert rows["mnist5k-odd"]["recall_at_5"] == 1.0 and rows["mnist5k-odd"]["pairs"] == 2
     assert rows["animal-odd"]["recall_at_5"] == 0.0  # the other draw's top 5 holds none of this draw's

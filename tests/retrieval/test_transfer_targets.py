@@ -33,6 +33,38 @@ def test_listnet_matches_numpy_and_skips_queries_without_targets():
     assert float(_listnet(torch.tensor(logits), torch.full((4, 6), -np.inf, dtype=torch.float64), 0.03)) == 0.0
 
 
+def test_listnet_is_the_former_inline_ranking_loss_bit_for_bit():
+    """The shipped encoders depend on it: the ranking term before the refactor (every row has a target)."""
+    from proxylab.retrieval.train_encoders import _listnet
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(8, 12, generator=gen, requires_grad=True)
+        tgt = torch.rand(8, 12, generator=gen)
+        tgt[torch.rand(8, 12, generator=gen) < 0.3] = float("-inf")
+        tgt[:, 0] = 0.5  # every row keeps a target, as in training
+        known = torch.isfinite(tgt)
+        p_true = (tgt / 0.03).masked_fill(~known, float("-inf")).softmax(1)
+        log_p = (logits.masked_fill(~known, float("-inf"))).log_softmax(1)
+        old = -(p_true * log_p.masked_fill(~known, 0.0)).sum(1).mean()
+        (old_grad,) = torch.autograd.grad(old, logits)
+        new = _listnet(logits, tgt, 0.03)
+        (new_grad,) = torch.autograd.grad(new, logits)
+        assert torch.equal(old, new) and torch.equal(old_grad, new_grad)
+
+
+def test_bad_transfer_settings_are_refused():
+    from proxylab.errors import ProxylabError
+    from proxylab.retrieval.train_encoders import TrainConfig, train_encoders
+
+    sigs, model_task, bank = _synthetic()
+    with pytest.raises(ProxylabError, match="needs transfer_targets"):
+        train_encoders(sigs, model_task, bank, "fx", TrainConfig(steps=2, transfer_weight=1.0), progress=False)
+    with pytest.raises(ProxylabError, match="transfer_weight must be a finite number"):
+        train_encoders(sigs, model_task, bank, "fx", TrainConfig(steps=2, transfer_weight=float("nan")),
+                       transfer_targets={}, progress=False)
+
+
 def _train(transfer_targets, weight):
     from proxylab.retrieval.train_encoders import TrainConfig, train_encoders
 
@@ -77,10 +109,12 @@ def test_transfer_accuracy_targets_are_the_oracle_probe_on_other_tasks(tmp_path)
     assert got[tasks[1]][0] == pytest.approx(want["probe_acc"], abs=1e-9)
 
 
-@pytest.mark.parametrize("value", ["-1", "nan"])
-def test_cli_refuses_a_bad_transfer_weight(tmp_path, capsys, value):
+@pytest.mark.parametrize("args, message", [(["--transfer-weight", "-1"], "--transfer-weight must be"),
+                                           (["--transfer-weight", "nan"], "--transfer-weight must be"),
+                                           (["--transfer-weight", "1", "--learned", "e.pt"], "drop one")])
+def test_cli_refuses_a_bad_transfer_weight(tmp_path, capsys, args, message):
     from proxylab.retrieval.train_encoders import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["--zoo", str(tmp_path), "--transfer-weight", value])
-    assert exit_.value.code == 2 and "--transfer-weight must be" in capsys.readouterr().err
+        main(["--zoo", str(tmp_path)] + args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

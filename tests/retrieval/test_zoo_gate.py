@@ -132,6 +132,13 @@ def test_a_zoo_built_before_the_gate_resumes_only_without_it(tmp_path):
     assert row["test_acc"] >= 0
 
 
+def test_numpy_numbers_are_accepted_as_gate_settings():
+    import numpy as np
+
+    plan = plan_model(0, 0, TINY, gate_ratio=np.float32(1.25), gate_rounds=np.int64(2))
+    assert (plan.gate_ratio, plan.gate_rounds) == (1.25, 2) and type(plan.gate_rounds) is int
+
+
 def test_no_source_task_has_fewer_classes_than_the_gate_allows_for():
     from proxylab.retrieval.tasks import SOURCE_TASKS
 
