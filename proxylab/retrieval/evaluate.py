@@ -458,7 +458,7 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
     require(len(ids) >= 2 and len(query_features) > 0, "validation needs >= 2 models and >= 1 query")
     m = np.stack([encoders.encode_signature(signatures[i]) for i in ids]).astype(np.float64)
     tasks = np.array([model_tasks[i] for i in ids])
-    top1, r2, r5, per_task, per_task_r5, t_r5, t_regret = [], [], [], {}, {}, [], []
+    top1, r2, r5, per_task, per_task_r5, t_r5, t_regret, per_task_t_r5 = [], [], [], {}, {}, [], [], {}
     for (task, _, _), (f, y) in sorted(query_features.items()):
         q = encoders.encode_query_features(f, y).astype(np.float64)
         score = m @ q
@@ -478,11 +478,13 @@ def validate_encoders(encoders, signatures: Dict[int, "object"], model_tasks: Di
             acc = {i: float(transfer_truth[task][i]) for i in others}
             t_groups = tie_groups(others, score[keep])
             t_r5.append(expected_hit_at_k(t_groups, relevant_ids("new", task, {}, acc), 5))
+            per_task_t_r5.setdefault(task, []).append(t_r5[-1])
             t_regret.append(max(acc.values()) - expected_top1(t_groups, acc))
     out = {"queries": len(top1), "models": len(ids), "top1_task": float(np.mean(top1)),
            "recall_at_2": float(np.mean(r2)), "recall_at_5": float(np.mean(r5)),
            "per_task_top1": {t: float(np.mean(v)) for t, v in per_task.items()},
            "per_task_recall_at_5": {t: float(np.mean(v)) for t, v in per_task_r5.items()}}
     if t_r5:
-        out.update(transfer_recall_at_5=float(np.mean(t_r5)), transfer_regret=float(np.mean(t_regret)))
+        out.update(transfer_recall_at_5=float(np.mean(t_r5)), transfer_regret=float(np.mean(t_regret)),
+                   per_task_transfer_recall_at_5={t: float(np.mean(v)) for t, v in per_task_t_r5.items()})
     return out

@@ -445,7 +445,7 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
                       extractor=None, progress: bool = True, n_features: Sequence[int] = (2048,),
                       train_seeds: Optional[Sequence[int]] = None, ensemble: bool = False, cross_fit: bool = False,
                       query_seeds: Optional[Sequence[int]] = None, query_split: str = "calib",
-                      sigma_class: Optional[float] = None) -> List[Dict]:
+                      sigma_class: Optional[float] = None, transfer_holdout: Sequence[str] = ()) -> List[Dict]:
     """Compare encoder variants on the validation set (protocol: ``evaluate.validate_encoders``).
 
     Learned encoders are trained on the inner-train part of the TRAIN models only; every variant is scored on
@@ -466,6 +466,9 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     2000 of each shapes task's 8000), which made the hard shapes tasks look easier than they are
     (``evaluate.validation_query_features`` draws them).
     `sigma_class`: the kernel map's class-anchor width (default: KernelMap's).
+    `transfer_holdout`: source tasks whose transfer targets are withheld from the transfer term's training
+    (config.transfer_weight > 0), so their transfer figures are on query tasks the term never saw; rows then gain
+    transfer_recall_at_5_holdout and transfer_recall_at_5_rest (the mean over those tasks / the other tasks).
     Rows: direction, variant, learned_weight, n_features, members, train_seed, kernel_seed, top1_task,
     recall_at_2, recall_at_5, transfer_recall_at_5, transfer_regret, queries, models, fit_models; the rows with direction
     "all" and train_seed "mean" average every direction, training seed (or ensemble) and kernel seed.
@@ -489,6 +492,10 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     scored = sorted({i for _, _, ev in directions for i in ev})
     fx = extractor or FeatureExtractor.default()
     tasks = {i: zoo.get(i)["task"] for i in inner + held}
+    holdout = sorted(set(transfer_holdout))
+    unknown = sorted(set(holdout) - set(tasks.values()))
+    require(not unknown, f"transfer_holdout names tasks without validation models: {unknown}; pick from "
+                         f"{sorted(set(tasks.values()))}")
     bank = task_feature_bank([SOURCE_TASKS[t] for t in sorted(set(tasks.values()))], fx, "train",
                              cfg.images_per_task, cfg.seed)
     # White-box transfer truth for the scored validation models (kept in memory; never the zoo's oracle cache).
@@ -501,6 +508,8 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
                                         seeds=tuple(query_seeds) if query_seeds else VALIDATION_SEEDS)
     sigs = {i: zoo.signature(i) for i in inner + held}  # read once
     metrics = ("top1_task", "recall_at_2", "recall_at_5", "transfer_recall_at_5", "transfer_regret")
+    if holdout:
+        metrics += ("transfer_recall_at_5_holdout", "transfer_recall_at_5_rest")
     seeds = list(train_seeds) if train_seeds else [cfg.seed]
     rows: List[Dict] = []
     pooled: Dict[tuple, List[Dict]] = {}  # (variant, w, nf, members) -> per-(direction, seed, kernel seed) results
@@ -509,6 +518,10 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
         results = []
         for k, enc in encs:
             res = validate_encoders(enc, {i: sigs[i] for i in ev}, tasks, queries, truth)
+            if holdout:
+                per = res["per_task_transfer_recall_at_5"]
+                res["transfer_recall_at_5_holdout"] = float(np.mean([per[t] for t in per if t in holdout]))
+                res["transfer_recall_at_5_rest"] = float(np.mean([per[t] for t in per if t not in holdout]))
             results.append(res)
             pooled.setdefault((name, w, nf, members), []).append(res)
             if len(encs) > 1:
@@ -536,8 +549,8 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     for direction, fit, ev in directions:
         targets = own_accuracy_targets(zoo_dir, fit, progress)
         # Transfer truth of the FIT models only: the scored models' truth (`truth` above) never trains anything.
-        transfer = (transfer_accuracy_targets(zoo_dir, fit, sorted(set(tasks.values())), progress)
-                    if cfg.transfer_weight > 0 else None)
+        transfer = (transfer_accuracy_targets(zoo_dir, fit, sorted(set(tasks.values()) - set(transfer_holdout)),
+                                              progress) if cfg.transfer_weight > 0 else None)
         fit_sigs, fit_tasks = {i: sigs[i] for i in fit}, {i: tasks[i] for i in fit}
         learned_all = []
         for train_seed in seeds:
@@ -656,6 +669,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="gradient-norm clipping (0: off)")
     parser.add_argument("--transfer-weight", type=float, default=TrainConfig.transfer_weight,
                         help="weight of the transfer ranking term (0: off; default %(default)s)")
+    parser.add_argument("--transfer-holdout", default="", metavar="TASK,TASK",
+                        help="with --validate: withhold these source tasks' transfer targets from training and "
+                             "report their transfer Recall@5 apart")
     parser.add_argument("--sigma-class", type=float, default=None,
                         help="class-anchor width of the kernel map, shipped and validated (default: KernelMap's)")
     parser.add_argument("--n-features", type=int, default=None,
@@ -687,7 +703,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                  n_features=[int(v) for v in args.validate_features.split(",")], train_seeds=seeds,
                                  ensemble=args.validate_ensemble, cross_fit=args.cross_fit, query_seeds=qseeds,
                                  query_split=args.validate_split, extractor=_extractor_arg(args.extractor),
-                                 sigma_class=args.sigma_class)
+                                 sigma_class=args.sigma_class,
+                                 transfer_holdout=[t for t in args.transfer_holdout.split(",") if t])
         atomic_write_text(args.validate, rows_to_csv(rows, cell=lambda v: csv_cell(round(v, 6) if isinstance(v, float)
                                                                              else v)))
         print(f"wrote {args.validate}")

@@ -212,6 +212,11 @@ def test_validate_encoders_scores_task_identification():
     assert res["top1_task"] == 1.0 and res["recall_at_5"] == 1.0 and res["queries"] == 2 and res["models"] == 6
     assert res["recall_at_2"] == 1.0 and res["per_task_recall_at_5"] == {"a": 1.0, "b": 1.0}
     swapped = {i: "ba"["ab".index(t)] for i, t in tasks.items()}  # the same vectors, wrong task labels
+    # transfer: each query ranked against the other task's models; per task as well as pooled
+    truth = {"a": {i: 0.1 * i for i in sigs if tasks[i] == "b"}, "b": {i: 0.1 * i for i in sigs if tasks[i] == "a"}}
+    tr = E.validate_encoders(enc, sigs, tasks, queries, truth)
+    assert set(tr["per_task_transfer_recall_at_5"]) == {"a", "b"}
+    assert np.mean(list(tr["per_task_transfer_recall_at_5"].values())) == pytest.approx(tr["transfer_recall_at_5"])
     bad = E.validate_encoders(enc, sigs, swapped, queries)
     assert bad["top1_task"] == 0.0 and bad["per_task_top1"] == {"a": 0.0, "b": 0.0}
     assert bad["recall_at_5"] == 1.0  # 5 of 6 models always include one of the 3 wrongly labelled ones

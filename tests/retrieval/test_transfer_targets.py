@@ -118,3 +118,14 @@ def test_cli_refuses_a_bad_transfer_weight(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_:
         main(["--zoo", str(tmp_path)] + args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_validation_refuses_a_holdout_task_it_has_no_models_of(tmp_path):
+    from proxylab.errors import ProxylabError
+    from proxylab.retrieval.train_encoders import validation_report
+    from proxylab.retrieval.zoo import build_zoo
+
+    build_zoo(tmp_path / "z", n_models=2, seed=0, progress=False, signatures=False, index=False, max_train_images=64,
+              gate_ratio=0.0)
+    with pytest.raises(ProxylabError, match=r"transfer_holdout names tasks without validation models: \['no-such'\]"):
+        validation_report(tmp_path / "z", transfer_holdout=["no-such"], progress=False)
