@@ -388,7 +388,7 @@ def truth_stability(queries, truth: Dict[str, Dict[int, float]], k: int = 5) -> 
                 if other == seed:
                     continue
                 acc = truth[other_key]
-                ids = sorted(acc, key=lambda i: (-acc[i], i))
+                ids = rank_by(acc)
                 hit = expected_hit_at_k(tie_groups(ids, [acc[i] for i in ids]), relevant, k)
                 by_task.setdefault(task, []).append(hit)
     rows = [{"task": t, "pairs": len(v), f"recall_at_{k}": float(np.mean(v))} for t, v in sorted(by_task.items())]

@@ -352,26 +352,18 @@ def _listnet(logits, tgt, tau_acc: float):
 def transfer_accuracy_targets(zoo_dir: PathLike, ids: Sequence[int], tasks: Sequence[str],
                               progress: bool = True) -> Dict[str, Dict[int, float]]:
     """{source task: {model id: probe accuracy}} of the given models on every task in `tasks` that is not their
-    own: the white-box oracle's linear probe (``oracle.oracle_rows``) fit on a 10-shot TRAIN-split support (seed
-    0) and scored on the task's fixed train-split scoring set. Oracle-side, for encoder training only; the test
-    split (the benchmark's) is never read. Kept in memory (about a minute for 95 models x 10 tasks)."""
-    from threadpoolctl import threadpool_limits
-
-    from proxylab.retrieval.oracle import oracle_rows
+    own: the white-box oracle's linear probe fit on a 10-shot TRAIN-split support (seed 0) and scored on the
+    task's fixed train-split scoring set (``oracle.compute_oracle``: cached per model and weights in
+    zoo_dir/oracle, so a second run reads them). Oracle-side, for encoder training only; the test split (the
+    benchmark's) is never read."""
+    from proxylab.retrieval.oracle import compute_oracle
     from proxylab.retrieval.tasks import QuerySpec
-    from proxylab.retrieval.zoo import load_zoo
 
-    zoo = load_zoo(zoo_dir)
+    specs = [QuerySpec(t, 10, 0, "train") for t in sorted(tasks)]
     out: Dict[str, Dict[int, float]] = {}
-    start = time.perf_counter()
-    with torch_threads(1), threadpool_limits(1):  # as compute_oracle: one BLAS thread for the tiny probe fits
-        for n, i in enumerate(sorted(int(i) for i in ids), 1):
-            row = zoo.get(i)
-            specs = [QuerySpec(t, 10, 0, "train") for t in sorted(tasks) if t != row["task"]]
-            for r in oracle_rows(zoo.module(i), row, specs):
-                out.setdefault(r["query_task"], {})[i] = float(r["probe_acc"])
-            if progress and n % 20 == 0:
-                print(f"transfer targets: {n}/{len(ids)} models ({time.perf_counter() - start:.0f} s)", flush=True)
+    for r in compute_oracle(zoo_dir, specs, model_ids=sorted(int(i) for i in ids), progress=progress):
+        if r["model_task"] != r["query_task"]:
+            out.setdefault(r["query_task"], {})[int(r["model_id"])] = float(r["probe_acc"])
     return out
 
 
