@@ -473,7 +473,7 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
     from proxylab.retrieval.encoders import Encoders, KernelMap
     from proxylab.retrieval.evaluate import VALIDATION_SEEDS, validate_encoders, validation_query_features
     from proxylab.retrieval.features import FeatureExtractor
-    from proxylab.retrieval.oracle import oracle_rows
+    from proxylab.retrieval.oracle import compute_oracle
     from proxylab.retrieval.tasks import SOURCE_TASKS, QuerySpec
     from proxylab.retrieval.zoo import load_zoo
 
@@ -493,12 +493,13 @@ def validation_report(zoo_dir: PathLike, weights: Sequence[float] = (0.0, 0.1, 0
                          f"{sorted(set(tasks.values()))}")
     bank = task_feature_bank([SOURCE_TASKS[t] for t in sorted(set(tasks.values()))], fx, "train",
                              cfg.images_per_task, cfg.seed)
-    # White-box transfer truth for the scored validation models (kept in memory; never the zoo's oracle cache).
+    # White-box transfer truth for the scored validation models, through the zoo's oracle cache (train-split
+    # queries: keys "TASK.train.n10.s100", apart from the benchmark's test-split rows). Same values as computing
+    # them in memory (checked on zoo200: 950 of 950 equal), 46 s instead of 126 s, and 0 s on every later run.
     specs = [QuerySpec(t, 10, 100, "train") for t in sorted(set(tasks.values()))]
     truth: Dict[str, Dict[int, float]] = {}
-    for i in scored:
-        for r in oracle_rows(zoo.module(i), zoo.get(i), specs):
-            truth.setdefault(r["query_task"], {})[i] = float(r["probe_acc"])
+    for r in compute_oracle(zoo_dir, specs, model_ids=scored, progress=progress):
+        truth.setdefault(r["query_task"], {})[int(r["model_id"])] = float(r["probe_acc"])
     queries = validation_query_features(sorted(set(tasks.values())), fx, query_split,
                                         seeds=tuple(query_seeds) if query_seeds else VALIDATION_SEEDS)
     sigs = {i: zoo.signature(i) for i in inner + held}  # read once
