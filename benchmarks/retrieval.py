@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/retrieval.py [--zoo runs/zoo200] [--shots 5,10,20] [--seeds 0] [--rerank-k 10]
 writes benchmarks/results/retrieval.csv (one row per method x query kind), retrieval_queries.csv (one row per
-method x query) and retrieval_targets.csv (the issue's targets, met or not); with several --seeds also
+method x query), retrieval_per_task.csv (per method x query kind x task: the mean over its shots and seeds) and
+retrieval_targets.csv (the issue's targets, met or not); with several --seeds also
 retrieval_truth_stability.csv (evaluate.truth_stability: how well one support draw's oracle ranking finds another
 draw's relevant models, per new task).
 
@@ -126,6 +127,27 @@ def latency_comparison(zoo_dir, other_file: str, queries, repeats: int = 3):
              "ratio_to_other": float(np.median(times[name])) / base} for name in named]
 
 
+PER_TASK_COLUMNS = ["method", "query_kind", "task", "queries", "top1_task", "recall_at_5", "best_in_top5", "regret"]
+
+
+def per_task_rows(per_query):
+    """Per (method, query kind, task): the mean of each metric over that task's queries (shots x seeds), so a
+    kind's figure can be traced to the tasks that make it."""
+    import numpy as np
+
+    groups = {}
+    for r in per_query:
+        groups.setdefault((r["method"], r["query_kind"], r["task"]), []).append(r)
+    rows = []
+    for (method, kind, task), rs in sorted(groups.items()):
+        row = {"method": method, "query_kind": kind, "task": task, "queries": len(rs)}
+        for key in PER_TASK_COLUMNS[4:]:
+            vals = np.array([q[key] for q in rs], dtype=np.float64)
+            row[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+        rows.append(row)
+    return rows
+
+
 def _write(path: Path, columns, rows) -> None:
     write_csv(path, rows, columns, float_format=lambda v: round(v, 6), lineterminator="\n")
 
@@ -161,6 +183,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     _write(out, COLUMNS, summary)
     _write(out.with_name(out.stem + "_queries.csv"), QUERY_COLUMNS, per_query)
+    _write(out.with_name(out.stem + "_per_task.csv"), PER_TASK_COLUMNS, per_task_rows(per_query))
     if len({q.seed for q in queries}) > 1:
         # How stable is the new-task truth across support draws? (evaluate.truth_stability; oracle rows cached)
         from proxylab.retrieval.evaluate import oracle_ground_truth, truth_stability

@@ -74,6 +74,14 @@ _NPZ_LOCK = threading.Lock()
 NPZ_HINT = "save it with numpy.savez(..., name=array) (not numpy.save)"
 
 
+def npz_bytes(compressed: bool = False, /, **arrays: Any) -> bytes:
+    """The bytes of an .npz of `arrays` (what ``read_npz`` reads back; the service client's upload format).
+    `compressed` is positional-only, so an array may be named "compressed" too."""
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
 def read_npz(source, what: str, hint: str = NPZ_HINT) -> dict:
     """Every array of an .npz (a path, or bytes received over HTTP) as a dict, without pickles.
 

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 from proxylab.errors import ProxylabError
-from proxylab.utils import read_npz
-
-
-def npz_bytes(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+from proxylab.utils import npz_bytes, read_npz
 
 
 def test_round_trip_from_bytes_and_path(tmp_path):

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 from proxylab.commands._base import Command, parse_int_list
 from proxylab.errors import ProxylabError
 
-RERANK_METHODS = ("leep", "nce")
+RERANK_METHODS = ("leep", "nce", "logme")  # logme: the models' features (gray-box; zoo models are local)
 
 
 def shipped_index_dir() -> Path:
@@ -296,7 +296,9 @@ class ZooQuery(Command):
         parser.add_argument("--index", help="index folder (default: the shipped zoo index)")
         parser.add_argument("--k", type=int, default=10, help="models to return (default 10)")
         parser.add_argument("--rerank", choices=RERANK_METHODS,
-                            help="re-score the top k by running them on the samples (needs --zoo; k calls per image)")
+                            help="re-score the top k by running them on the samples (needs --zoo; k calls per image): "
+                                 "leep or nce on their probabilities (black-box), logme on their classifier-input "
+                                 "features (gray-box)")
         parser.add_argument("--zoo", help="zoo folder holding the indexed models (for --rerank)")
         parser.add_argument("--server", metavar="URL",
                             help="ask a running `proxylab serve` instead of a local index (re-ranking happens there)")
@@ -314,7 +316,7 @@ class ZooQuery(Command):
         if args.rerank and not args.zoo:
             raise ProxylabError("--rerank runs the retrieved models: give --zoo DIR, the zoo they come from")
         if args.zoo and not args.rerank:
-            raise ProxylabError("--zoo is only used with --rerank leep|nce")
+            raise ProxylabError("--zoo is only used with --rerank leep|nce|logme")
         images, labels = load_samples(args.samples)
         filters = _filters(args)
         enc = _encoders(args.encoders, args.extractor)
@@ -369,6 +371,9 @@ def _query_server(args: argparse.Namespace) -> Dict[str, Any]:
                                ("--extractor", args.extractor)) if v]
     if clashing:
         raise ProxylabError(f"{', '.join(clashing)} describe a local index; with --server the service uses its own")
+    if args.rerank == "logme":
+        raise ProxylabError("--rerank logme needs the models' features, which the service's model servers do not "
+                            "give: with --server re-rank with leep or nce (or query a local index with --zoo)")
     images, labels = load_samples(args.samples)
     token = args.token or os.environ.get("PROXYLAB_TOKEN")
     with Client(args.server, token=token) as client:

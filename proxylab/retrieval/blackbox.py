@@ -1,8 +1,15 @@
 """Black-box models: the only view of a zoo model the retrieval method ever gets.
 
-A model takes canonical images (see ``canonical``) and returns class probabilities; nothing else (no weights,
-no features). A "call" is ONE image sent to a model, so every model-call budget in proxylab counts images;
-``BlackBoxModel.calls`` counts them, including images whose answer later fails validation (they were sent).
+A model takes canonical images (see ``canonical``) and returns class probabilities; nothing else (no weights;
+features only in the gray-box option below). A "call" is ONE image sent to a model, so every model-call budget
+in proxylab counts images; ``BlackBoxModel.calls`` counts them, including images whose answer later fails
+validation (they were sent).
+
+Gray-box option: a model whose ``supports_features`` is True also answers ``features(images)``, the input of
+its classifier layer [N, D] (counted as calls like predictions). Only the optional LogME re-ranking
+(``rerank.rerank(method="logme")``) asks for it; the index, the signatures and the LEEP/NCE re-ranking never do.
+``TorchBlackBox`` (and so ``CheckpointBlackBox``) supports it when the network has an ``nn.Linear``; an HTTP
+model does not (the npz protocol carries probabilities only).
 
 Adapters: ``TorchBlackBox`` (an in-process ``nn.Module`` mapping canonical images to logits),
 ``CheckpointBlackBox`` (a ``file.py:factory`` spec or a proxylab checkpoint folder) and ``HTTPBlackBox``
@@ -10,19 +17,18 @@ Adapters: ``TorchBlackBox`` (an in-process ``nn.Module`` mapping canonical image
 """
 from __future__ import annotations
 
-import io
 import json
 import threading
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 
 from proxylab.errors import ProxylabError
-from proxylab.utils import read_npz
+from proxylab.utils import npz_bytes, read_npz
 from proxylab.retrieval.canonical import check_images
 
 PROB_TOLERANCE = 1e-3
@@ -58,6 +64,53 @@ def check_probabilities(p: Any, n: int, num_classes: int, source: str = "model",
     return arr.astype(np.float32)
 
 
+def check_features(f: Any, n: int, source: str = "model") -> np.ndarray:
+    """Validate a model's features for `n` images: a finite float array [n, D] with D >= 1 (float64 copy)."""
+    try:
+        arr = np.asarray(f, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ProxylabError(f"{source} returned features that are not numbers") from None
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 1:
+        raise ProxylabError(f"{source} returned features of shape {list(arr.shape)}, expected [{n}, D] "
+                            "(one row per image)")
+    if not np.isfinite(arr).all():
+        raise ProxylabError(f"{source} returned NaN or inf features")
+    return arr
+
+
+def penultimate_features(module, images, batch_size: int = 256) -> np.ndarray:
+    """The input of the network's LAST nn.Linear (the classifier) for every image: float64 [N, D].
+
+    "Last" is the last one registered (``module.modules()`` order), which is the classifier in every zoo and
+    timm network. The hook keeps only the passes of the calling thread, so a prediction running at the same time
+    in another thread (a model server) adds nothing to the captured rows."""
+    import threading
+
+    import torch
+    import torch.nn as nn
+
+    from proxylab.nets.hooks import measuring
+
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ProxylabError(f"{type(module).__name__} has no nn.Linear classifier whose input could serve as features")
+    head = linears[-1]
+    captured: List[torch.Tensor] = []
+    me = threading.get_ident()
+
+    def keep(_m, inputs, _out):
+        if threading.get_ident() == me:
+            captured.append(inputs[0].detach().flatten(1))
+
+    with measuring(module, [head.register_forward_hook(keep)]):
+        for i in range(0, len(images), batch_size):
+            module(images[i:i + batch_size])
+    if not captured:
+        raise ProxylabError(f"the last nn.Linear of {type(module).__name__} was never called in its forward pass, so "
+                            "it is not the classifier whose input could serve as features")
+    return torch.cat(captured).double().cpu().numpy()
+
+
 class BlackBoxModel(ABC):
     """predict_proba(images) -> float32 [N, num_classes]; `calls` counts images sent so far.
 
@@ -69,6 +122,7 @@ class BlackBoxModel(ABC):
     name: str = ""
     batch_size: int = 256
     quotes_answers = True  # whether answer-check errors may show the answer's values (see check_probabilities)
+    supports_features = False  # gray-box: whether features() answers (module doc)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -81,17 +135,32 @@ class BlackBoxModel(ABC):
     def describe(self) -> str:
         return f"model '{self.name}'" if self.name else f"{type(self).__name__}"
 
-    def predict_proba(self, images) -> np.ndarray:
+    def _batched(self, images, answer) -> np.ndarray:
+        """`answer(batch, n) -> checked array` over batches of the validated images, each image counted as sent."""
         x = check_images(images)
         out = []
         for start in range(0, x.shape[0], self.batch_size):
             batch = x[start:start + self.batch_size]
             with self._count_lock:
                 self.calls += int(batch.shape[0])
-            p = self._predict(batch)
-            out.append(check_probabilities(p, int(batch.shape[0]), self.num_classes, source=self.describe(),
-                                           quote=self.quotes_answers))
+            out.append(answer(batch, int(batch.shape[0])))
         return np.concatenate(out, axis=0)
+
+    def predict_proba(self, images) -> np.ndarray:
+        return self._batched(images, lambda batch, n: check_probabilities(
+            self._predict(batch), n, self.num_classes, source=self.describe(), quote=self.quotes_answers))
+
+    def _features(self, x) -> np.ndarray:
+        """Features of one batch of canonical images (validated by the caller); only when supports_features."""
+        raise NotImplementedError
+
+    def features(self, images) -> np.ndarray:
+        """Gray-box: float64 [N, D] features of the images (the classifier layer's input), counted as calls.
+        A model that does not expose features raises before anything is sent."""
+        if not self.supports_features:
+            raise ProxylabError(f"{self.describe()} exposes no features (it answers probabilities only): re-rank it "
+                                "with leep or nce, or give a model whose network ends in an nn.Linear")
+        return self._batched(images, lambda batch, n: check_features(self._features(batch), n, source=self.describe()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, calls={self.calls})"
@@ -130,6 +199,7 @@ class TorchBlackBox(BlackBoxModel):
         self.num_classes = int(num_classes) if num_classes is not None else _infer_num_classes(self.module)
         if self.num_classes < 2:
             raise ProxylabError(f"a classifier needs at least 2 classes, got num_classes={self.num_classes}")
+        self.supports_features = any(isinstance(m, nn.Linear) for m in self.module.modules())
 
     def _predict(self, x) -> np.ndarray:
         import torch
@@ -140,6 +210,9 @@ class TorchBlackBox(BlackBoxModel):
             raise ProxylabError(f"{self.describe()} must return logits [N, K], got {type(logits).__name__} "
                                 f"of shape {list(getattr(logits, 'shape', []))}")
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def _features(self, x) -> np.ndarray:
+        return penultimate_features(self.module, x.to(self.device), batch_size=max(int(x.shape[0]), 1))
 
 
 class CheckpointBlackBox(TorchBlackBox):
@@ -219,9 +292,7 @@ class HTTPBlackBox(BlackBoxModel):
         return info
 
     def _predict(self, x) -> np.ndarray:
-        buf = io.BytesIO()
-        np.savez(buf, images=x.numpy().astype(np.float32, copy=False))
-        body = self._request("/predict", buf.getvalue())
+        body = self._request("/predict", npz_bytes(images=x.numpy().astype(np.float32, copy=False)))
         arrays = read_npz(body, f"the answer of {self.url}/predict")
         if "probs" not in arrays:
             raise ProxylabError(f"{self.url}/predict answered an npz without a 'probs' array")

@@ -20,6 +20,10 @@ Methods (every one returns a full ranking of the evaluated models)
   (K black-box passes over the support images), the rest in index order.
 - ``random`` (seeded per query), ``largest`` (parameter count, ties by id): trivial baselines.
 - ``leep-all`` / ``nce-all``: LEEP / NCE of every model on the support set (brute force).
+- Gray-box rows, for a user whose models expose features (not the black-box method): ``proxylab+logme@K`` (the
+  index's top K re-scored by LogME of each model's classifier-input features on the support set) and
+  ``logme-all`` (LogME of every model). The ground truth is a linear probe on those same features, so these rows
+  show what feature access buys, not a like-for-like competitor of the black-box methods.
 
 Metrics per query, averaged per (method, query kind)
 - relevant models: same_task = the models trained on the query's source task; new_task = the 5 models with
@@ -235,15 +239,16 @@ def top_k_draws(stage1: Sequence[Tuple[int, float]], k: int, seed: int = 0) -> L
 
 def two_stage(index_ids: Sequence[int], probs: Dict[int, np.ndarray], labels: np.ndarray, k: int,
               method: str, index_scores: Optional[Sequence[float]] = None) -> Tuple[List[Tuple[List[int], np.ndarray]], int]:
-    """The index's top k re-scored by LEEP/NCE on cached probabilities, then the rest in index order, as the
-    equally likely (ids, tie-preserving scores) rankings of ``two_stage_scores`` (one per choice of the models
-    that enter the top k when index scores tie at the cut: ``top_k_draws``), and the calls spent.
+    """The index's top k re-scored by LEEP/NCE (or LogME) on cached probabilities (features for LogME: `probs`
+    holds what the method's estimator takes), then the rest in index order, as the equally likely (ids,
+    tie-preserving scores) rankings of ``two_stage_scores`` (one per choice of the models that enter the top k
+    when index scores tie at the cut: ``top_k_draws``), and the calls spent.
 
     Equivalent to ``rerank.rerank`` on the same models and images (tested), minus re-running the models.
     `index_scores` default: strictly decreasing (no ties)."""
-    from proxylab.retrieval.rerank import RERANKERS
+    from proxylab.retrieval.rerank import scorer
 
-    fn = RERANKERS.get(method)
+    fn = scorer(method)[0]
     scores = (np.arange(len(index_ids), 0, -1, dtype=np.float64) if index_scores is None
               else np.asarray(index_scores, dtype=np.float64))
     stage1 = list(zip(index_ids, scores.tolist()))
@@ -293,7 +298,7 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
     from proxylab.retrieval.tasks import default_queries
     from proxylab.retrieval.train_encoders import split_models
     from proxylab.retrieval.zoo import add_models, load_zoo
-    from proxylab.retrieval.rerank import leep, nce
+    from proxylab.retrieval.rerank import leep, logme, nce
 
     zoo = load_zoo(zoo_dir)
     enc = encoders or Encoders.default()
@@ -324,31 +329,35 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
         hits = index.search(q, k=len(ids), encoder_id=encoder_id)
         index_ms = (time.perf_counter() - t0) * 1e3
         index_ids = [h.id for h in hits]
-        # Every model's probabilities on the support set, timed per model (the brute-force baselines' cost).
-        probs, model_ms = {}, {}
+        # Every model's probabilities on the support set, timed per model (the brute-force baselines' cost), and
+        # (gray-box rows) its classifier-input features, timed apart.
+        probs, model_ms, feats, feature_ms = {}, {}, {}, {}
         for i in ids:
             t1 = time.perf_counter()
             probs[i] = models[i].predict_proba(sx)
             model_ms[i] = (time.perf_counter() - t1) * 1e3
+            t1 = time.perf_counter()
+            feats[i] = models[i].features(sx)
+            feature_ms[i] = (time.perf_counter() - t1) * 1e3
         n_img = int(len(labels))
         rng = np.random.default_rng([int(seed), qn])
         answers: Dict[str, Ranking] = {
             "proxylab": Ranking(index_ids, np.array([h.score for h in hits]), 0, index_ms)}
         draws: Dict[str, List[Ranking]] = {}
-        for method in ("leep", "nce"):
-            variants, calls = two_stage(index_ids, probs, labels, rerank_k, method, [h.score for h in hits])
-            spent = index_ms + sum(model_ms[i] for i in index_ids[:rerank_k])
+        for method, outputs, ms in (("leep", probs, model_ms), ("nce", probs, model_ms), ("logme", feats, feature_ms)):
+            variants, calls = two_stage(index_ids, outputs, labels, rerank_k, method, [h.score for h in hits])
+            spent = index_ms + sum(ms[i] for i in index_ids[:rerank_k])
             draws[f"proxylab+{method}@{rerank_k}"] = [Ranking(ids_, sc, calls, spent) for ids_, sc in variants]
             answers[f"proxylab+{method}@{rerank_k}"] = draws[f"proxylab+{method}@{rerank_k}"][0]
         rand = {i: float(s) for i, s in zip(ids, rng.random(len(ids)))}
         answers["random"] = Ranking(rank_by(rand), np.array(sorted(rand.values(), reverse=True)), 0, 0.0)
         largest = rank_by({i: float(params[i]) for i in ids})
         answers["largest"] = Ranking(largest, np.array([float(params[i]) for i in largest]), 0, 0.0)
-        brute_ms = sum(model_ms.values())
-        for name, fn in (("leep-all", leep), ("nce-all", nce)):
-            s = {i: fn(probs[i], labels) for i in ids}
+        for name, fn, outputs, ms in (("leep-all", leep, probs, model_ms), ("nce-all", nce, probs, model_ms),
+                                      ("logme-all", logme, feats, feature_ms)):
+            s = {i: fn(outputs[i], labels) for i in ids}
             ranked = rank_by(s)
-            answers[name] = Ranking(ranked, np.array([s[i] for i in ranked]), n_img * len(ids), brute_ms)
+            answers[name] = Ranking(ranked, np.array([s[i] for i in ranked]), n_img * len(ids), sum(ms.values()))
         for method, r in answers.items():
             m = mean_metrics([query_metrics(v, spec.kind, spec.task, model_task, acc)
                               for v in draws.get(method, [r])])

@@ -6,7 +6,6 @@ GET /info -> JSON {"num_classes", "name", "image_shape", "calls"}; POST /predict
 """
 from __future__ import annotations
 
-import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from proxylab.errors import ProxylabError
-from proxylab.utils import read_npz
+from proxylab.utils import npz_bytes, read_npz
 from proxylab.retrieval.canonical import IMAGE_SHAPE
 
 # 4096 canonical images in float32 are 48 MiB; a bigger body is refused before it is read.
@@ -81,9 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # the model itself failed: a server error, not the client's
             self._json(500, {"error": f"the model failed: {type(e).__name__}: {e}"})
             return
-        buf = io.BytesIO()
-        np.savez(buf, probs=probs.astype(np.float32))
-        self._send(200, buf.getvalue(), "application/octet-stream")
+        self._send(200, npz_bytes(probs=probs.astype(np.float32)), "application/octet-stream")
 
 
 class _Server(ThreadingHTTPServer):

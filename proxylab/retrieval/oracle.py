@@ -25,30 +25,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from proxylab.errors import ProxylabError, require
+from proxylab.retrieval.blackbox import penultimate_features
 from proxylab.retrieval.tasks import QuerySpec, default_queries
 from proxylab.utils import PathLike, atomic_write_text, rows_to_csv, torch_threads
-from proxylab.nets.hooks import measuring
 
 ORACLE_FIELDS = ("model_id", "model", "model_task", "query", "query_task", "query_kind", "split", "n_per_class",
                  "seed", "probe_acc", "same_task", "weights_sha256")
 PROBE_C = 1.0  # inverse L2 strength: features are standardised, so one value suits every model
 PROBE_MAX_ITER = 1000
-
-
-def penultimate_features(module, images, batch_size: int = 256) -> np.ndarray:
-    """The input of the network's LAST nn.Linear (the classifier) for every image: float64 [N, D]."""
-    import torch
-    import torch.nn as nn
-
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    require(bool(linears), f"{type(module).__name__} has no nn.Linear classifier whose input could serve as features")
-    head = linears[-1]
-    captured: List[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1)))
-    with measuring(module, [hook]):
-        for i in range(0, len(images), batch_size):
-            module(images[i:i + batch_size])
-    return torch.cat(captured).double().numpy()
 
 
 def probe_accuracy(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,

@@ -6,13 +6,18 @@ N target samples, Cs source classes, Ct target classes, D feature dims.
 - ``logme(features, labels)`` (You et al. 2021): mean over target classes of the Bayesian linear regression
   log evidence / N, at the (alpha, beta) its fixed-point iteration converges to (gray-box: features).
 - ``hscore(features, labels)`` (Bao et al. 2019): tr(cov(f)^+ cov(E[f|y])).
-- ``rerank(hits, get_model, images, labels, method)``: re-score the index's top-k with LEEP or NCE, one
-  black-box pass per model, and report the calls (images) spent.
+- ``rerank(hits, get_model, images, labels, method)``: re-score the index's top-k with LEEP or NCE (one
+  black-box pass per model), or with LogME when every re-ranked model exposes features (gray-box:
+  ``BlackBoxModel.supports_features``; one features pass per model), and report the calls (images) spent.
+  The top-k is ordered by the estimator alone:
+  ``fuse_scores`` (z(index) + W z(estimator)) was validated against that on train models and calib queries and
+  did not beat it by the margin fixed before the run (benchmarks/retrieval_rerank_validation.py), so it is not used.
 
 Labels may be any integers; only which samples share a label matters, so they are compacted to 0..Ct-1.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -162,34 +167,85 @@ def hscore(features: Any, labels: Any) -> float:
     return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
 
 
+def fuse_scores(index_scores: Any, rerank_scores: Any, weight: float) -> np.ndarray:
+    """Scores of the re-ranked candidates that keep the first stage's evidence: z(index) + weight * z(re-rank),
+    each standardised over the candidates (a score constant over them contributes 0), so neither scale matters.
+    `weight` = inf: the re-rank scores alone (ordering the top-k by the estimator only)."""
+    a = np.asarray(index_scores, dtype=np.float64)
+    b = np.asarray(rerank_scores, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ProxylabError(f"index and re-rank scores must be 1-D and aligned, got shapes {list(a.shape)} and "
+                            f"{list(b.shape)}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ProxylabError("index or re-rank scores hold NaN or inf")
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        w = math.nan
+    if isinstance(weight, bool) or not w >= 0:
+        raise ProxylabError(f"fuse weight must be a number >= 0 (inf: the re-rank score alone), got {weight!r}")
+    if np.isinf(w) or a.size == 0:
+        return b.copy()
+
+    def z(v: np.ndarray) -> np.ndarray:
+        sd = v.std()
+        return (v - v.mean()) / sd if sd > 0 else np.zeros_like(v)
+
+    return z(a) + w * z(b)
+
+
 RERANKERS = Registry("re-ranking method")
 RERANKERS.add("leep", leep, help="LEEP on the model's probabilities (black-box)")
 RERANKERS.add("nce", nce, help="NCE (negative conditional entropy of labels given the model's argmax; black-box)")
+# Estimators of a model's FEATURES (gray-box): only for models whose features() answers (blackbox module doc).
+FEATURE_RERANKERS = Registry("feature-based re-ranking method")
+FEATURE_RERANKERS.add("logme", logme, help="LogME on the model's classifier-input features (gray-box)")
+
+
+def scorer(method: str) -> Tuple[Callable[[Any, Any], float], bool]:
+    """(estimator, needs features) of a re-ranking method name; unknown names raise, listing every method."""
+    if method in FEATURE_RERANKERS:
+        return FEATURE_RERANKERS.get(method), True
+    if method in RERANKERS:
+        return RERANKERS.get(method), False
+    raise ProxylabError(f"unknown re-ranking method {method!r}; choose from "
+                        f"{', '.join(sorted(RERANKERS.names() + FEATURE_RERANKERS.names()))}")
 
 
 def rerank(hits: Sequence[Any], get_model: Callable[[int], Any], images: Any, labels: Any,
            method: str = "leep") -> Tuple[List[Any], int]:
-    """Re-score hits by running each hit's black-box model once on the query images.
+    """Re-score hits by running each hit's model once on the query images (probabilities for leep/nce,
+    features for logme).
 
     Returns (hits re-sorted best first with ``score`` = the estimator's value; metadata gains
     ``index_score`` (the first-stage score) and ``rerank``: the method), calls spent = images sent in total).
-    Ties keep the index order. Images and labels are validated before any model is called.
+    Ties keep the index order. Images, labels and (for logme) every model's feature support are checked before
+    any model is called.
     """
     from proxylab.retrieval.canonical import check_images
 
-    score_fn = RERANKERS.get(method)
+    score_fn, needs_features = scorer(method)
     x = check_images(images, what="query images")
     _labels(labels, x.shape[0])
+    # logme: every model's feature support is checked before any is called (so all are built first); leep/nce
+    # build one model at a time
+    models = [get_model(hit.id) for hit in hits] if needs_features else None
+    for hit, model in zip(hits, models or ()):
+        if not getattr(model, "supports_features", False):
+            who = model.describe() if hasattr(model, "describe") else type(model).__name__
+            raise ProxylabError(f"{method} needs the models' features, but model {hit.id} ({who}) exposes none (a "
+                                "black box answers probabilities only; a torch model needs an nn.Linear classifier): "
+                                "re-rank with leep or nce")
     spent = 0
     scored = []
     for rank, hit in enumerate(hits):
-        model = get_model(hit.id)
+        model = models[rank] if models is not None else get_model(hit.id)
         before = model.calls
         try:
-            probs = model.predict_proba(x)
+            out = model.features(x) if needs_features else model.predict_proba(x)
         finally:
             spent += model.calls - before
-        value = score_fn(probs, labels)
+        value = score_fn(out, labels)
         metadata: Dict[str, Any] = dict(hit.metadata, index_score=hit.score, rerank=method)
         scored.append((-value, rank, replace(hit, score=float(value), metadata=metadata)))
     scored.sort(key=lambda t: (t[0], t[1]))

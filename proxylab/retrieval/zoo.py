@@ -600,7 +600,8 @@ class Zoo:
         return model.eval()
 
     def blackbox(self, model_id: int):
-        """The model as the retrieval method may see it: probabilities only, calls counted."""
+        """The model as the retrieval method may see it: probabilities, calls counted (its ``features`` answer
+        too, for the gray-box LogME re-ranking only; see blackbox)."""
         from proxylab.retrieval.blackbox import TorchBlackBox
 
         row = self.get(model_id)

@@ -9,7 +9,6 @@ Every 4xx/5xx answer raises ``ServiceError`` (a ProxylabError) carrying the serv
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any, Dict, Optional, Sequence
@@ -17,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from proxylab.errors import ProxylabError
+from proxylab.utils import npz_bytes
 
 
 class ServiceError(ProxylabError):
@@ -26,12 +26,6 @@ class ServiceError(ProxylabError):
         super().__init__(f"the zoo service answered {status}: {message}")
         self.status = status
         self.server_message = message
-
-
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def _as_array(x: Any) -> np.ndarray:
@@ -110,7 +104,7 @@ class Client:
             return self._call("POST", "/v1/query", json=body)
         if images is None or labels is None:
             raise ProxylabError("query needs images and labels (few labelled samples), or vector=...")
-        payload = _npz_bytes(images=_as_array(images), labels=_as_array(labels))
+        payload = npz_bytes(images=_as_array(images), labels=_as_array(labels))
         data = {"k": str(k), "rerank": "true" if rerank else "false", "method": method}
         if filters:
             data["filters"] = json.dumps(filters)

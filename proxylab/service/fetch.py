@@ -24,7 +24,6 @@ lands on the secret). Messages say what was wrong instead: a status code, a size
 from __future__ import annotations
 
 import http.client
-import io
 import ipaddress
 import json
 import math
@@ -39,6 +38,7 @@ import numpy as np
 
 from proxylab.errors import ProxylabError
 from proxylab.retrieval.blackbox import HTTPBlackBox
+from proxylab.utils import npz_bytes
 
 DEFAULT_FETCH_SECONDS = 30.0
 DEFAULT_FETCH_MAX_BYTES = 8 << 20  # 256 images x 8192 classes of float32 probabilities
@@ -388,10 +388,9 @@ class BoundedHTTPBlackBox(HTTPBlackBox):
         return {"num_classes": int(k)}
 
     def _predict(self, x) -> np.ndarray:
-        buf = io.BytesIO()
-        np.savez(buf, images=x.numpy().astype(np.float32, copy=False))
         where = f"{self.url}/predict"
-        arrays = _remote_npz(self._request("/predict", buf.getvalue()), where, self._max_bytes)
+        arrays = _remote_npz(self._request("/predict", npz_bytes(images=x.numpy().astype(np.float32, copy=False))),
+                             where, self._max_bytes)
         if "probs" not in arrays:
             raise FetchError(f"{where} answered an npz without a 'probs' array")
         return arrays["probs"]  # checked by predict_proba, quoting no value (quotes_answers)

@@ -122,6 +122,18 @@ def test_signature_add_query_rerank_remove(zoo_dir, encoder_files, tmp_path, cap
     brute = {i: leep(zoo.blackbox(i).predict_proba(data["images"]), data["labels"]) for i in zoo.ids}
     assert [m["id"] for m in out["models"]] == sorted(brute, key=lambda i: -brute[i])
     assert [m["score"] for m in out["models"]] == pytest.approx(sorted(brute.values(), reverse=True), abs=1e-5)
+    # gray-box: LogME of the zoo models' classifier-input features (local torch models expose them)
+    code, out, err = run(capsys, "zoo", "query", "--index", str(index), "--samples", samples, "--k", "2",
+                         "--rerank", "logme", "--zoo", str(zoo_dir), "--encoders", enc_path, "--extractor", fx_path)
+    assert code == 0, err
+    assert out["model_calls"] == 2 * n
+    from proxylab.retrieval.oracle import penultimate_features
+    from proxylab.retrieval.rerank import logme
+
+    brute = {i: logme(penultimate_features(zoo.blackbox(i).module, torch.from_numpy(data["images"])), data["labels"])
+             for i in zoo.ids}
+    assert [m["id"] for m in out["models"]] == sorted(brute, key=lambda i: -brute[i])
+    assert [m["score"] for m in out["models"]] == pytest.approx(sorted(brute.values(), reverse=True), abs=1e-5)
 
     # bad queries: a clear error, nothing written
     one_class = samples_file(tmp_path / "one.npz", classes=[2])
@@ -157,6 +169,10 @@ def test_bad_arguments_are_clear_errors(zoo_dir, tmp_path, capsys):
     assert code == 2 and "does not exist" in err
     code, _, err = run(capsys, "zoo", "query", "--samples", "x.npz", "--rerank", "leep")
     assert code == 2 and "--zoo" in err
+    # the service's model servers give probabilities only: refused before the samples are read or sent
+    code, _, err = run(capsys, "zoo", "query", "--samples", "x.npz", "--rerank", "logme",
+                       "--server", "http://127.0.0.1:9")
+    assert code == 2 and "--rerank logme needs the models' features" in err and "leep or nce" in err
     code, _, err = run(capsys, "zoo", "list", "--index", str(tmp_path))
     assert code == 2 and "no model index" in err
     code, _, err = run(capsys, "zoo", "serve-model", "--zoo", str(zoo_dir), "--model", "5")

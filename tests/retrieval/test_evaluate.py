@@ -12,7 +12,7 @@ from proxylab.retrieval import evaluate as E
 from proxylab.retrieval import features as F
 from proxylab.retrieval.blackbox import TorchBlackBox
 from proxylab.retrieval.index import Hit
-from proxylab.retrieval.rerank import leep, rerank
+from proxylab.retrieval.rerank import leep, logme, rerank
 
 
 def test_relevant_ids_per_kind():
@@ -80,6 +80,24 @@ def test_two_stage_matches_rerank_with_real_black_boxes():
         assert calls == spent == 3 * 12
 
 
+def test_two_stage_matches_rerank_for_logme_on_features():
+    torch.manual_seed(5)
+    nets = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 6), torch.nn.ReLU(),
+                                torch.nn.Linear(6, 3)) for _ in range(5)]
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(12, 3, 32, 32)).astype(np.float32)
+    y = np.repeat(np.arange(3), 4)
+    index_ids = [2, 4, 0, 3, 1]
+    feats = {i: TorchBlackBox(nets[i]).features(x) for i in range(5)}
+    assert len({round(logme(feats[i], y), 9) for i in range(5)}) == 5  # distinct scores: one order to compare
+    variants, calls = E.two_stage(index_ids, feats, y, 3, "logme")
+    (ranked, _), = variants
+    boxes = {i: TorchBlackBox(nets[i]) for i in range(5)}
+    hits = [Hit(i, 1.0 - 0.1 * n, {}) for n, i in enumerate(index_ids[:3])]
+    reranked, spent = rerank(hits, lambda i: boxes[i], x, y, method="logme")
+    assert ranked[:3] == [h.id for h in reranked] and ranked[3:] == index_ids[3:] and spent == calls == 36
+
+
 # ---------------------------------------------------------------------------------------- the whole pipeline
 def _tiny_zoo(tmp_path, n_models=6):
     """`n_models` real (untrained) zoo-format models over two digits tasks (alternating, widths cycling), with
@@ -131,7 +149,7 @@ def test_evaluate_zoo_end_to_end(tmp_path):
     ids = list(range(6))
     summary, rows = E.evaluate_zoo(zoo_dir, encoders=enc, queries=queries, model_ids=ids, rerank_k=6,
                                    progress=False)
-    assert len(rows) == 7 * 2 and len(summary) == 7 * 2
+    assert len(rows) == 9 * 2 and len(summary) == 9 * 2
     zoo = load_zoo(zoo_dir)
     for q in queries:
         (sx, sy), _ = q.load()
@@ -144,6 +162,12 @@ def test_evaluate_zoo_end_to_end(tmp_path):
         scores = {i: leep(zoo.blackbox(i).predict_proba(sx), sy.numpy()) for i in ids}
         best = sorted(scores, key=lambda i: (-scores[i], i))[0]
         assert by["leep-all"]["top1_id"] == best == by["proxylab+leep@6"]["top1_id"]
+        # the same for the gray-box LogME rows, from the models' classifier-input features
+        feats = {i: zoo.blackbox(i).features(sx) for i in ids}
+        scores = {i: logme(feats[i], sy.numpy()) for i in ids}
+        best = sorted(scores, key=lambda i: (-scores[i], i))[0]
+        assert by["logme-all"]["top1_id"] == best == by["proxylab+logme@6"]["top1_id"]
+        assert by["logme-all"]["calls_per_query"] == 6 * n == by["proxylab+logme@6"]["calls_per_query"]
         for r in by.values():
             assert 0 <= r["regret"] <= 1 and 0 <= r["recall_at_5"] <= 1
     again, rows2 = E.evaluate_zoo(zoo_dir, encoders=enc, queries=queries, model_ids=ids, rerank_k=6, progress=False)

@@ -48,6 +48,11 @@ def test_http_blackbox_matches_the_local_model(served):
     served_calls = local.calls
     np.testing.assert_array_equal(p_remote, TorchBlackBox(local.module).predict_proba(x))
     assert remote.calls == 10 and served_calls == 10  # images counted on both sides
+    # the npz protocol carries probabilities only: no gray-box features, refused before anything is sent
+    assert local.supports_features and not remote.supports_features
+    with pytest.raises(ProxylabError, match="exposes no features"):
+        remote.features(x)
+    assert remote.calls == 10
 
 
 def test_concurrent_clients(served):

@@ -9,7 +9,7 @@ import torch.nn as nn
 from proxylab.errors import ProxylabError
 from proxylab.retrieval.blackbox import TorchBlackBox
 from proxylab.retrieval.index import Hit
-from proxylab.retrieval.rerank import hscore, leep, logme, logme_details, nce, rerank
+from proxylab.retrieval.rerank import fuse_scores, hscore, leep, logme, logme_details, nce, rerank
 
 
 def _probs(n, cs, seed=0, sharp=2.0):
@@ -212,7 +212,124 @@ def test_rerank_validates_before_calling_anything():
         rerank(hits, models.__getitem__, images, np.zeros(12, int))
     with pytest.raises(ProxylabError, match="query images"):
         rerank(hits, models.__getitem__, images[:, :1], labels)
-    with pytest.raises(ProxylabError, match="re-ranking method"):
-        rerank(hits, models.__getitem__, images, labels, method="logme")
+    with pytest.raises(ProxylabError, match="unknown re-ranking method 'hscore'; choose from leep, logme, nce"):
+        rerank(hits, models.__getitem__, images, labels, method="hscore")
     assert all(m.calls == 0 for m in models.values())
     assert rerank([], models.__getitem__, images, labels) == ([], 0)
+
+
+def test_fuse_scores_against_scipy_zscores():
+    from scipy.stats import zscore
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=7), rng.normal(size=7) * 40 - 3
+    for w in (0.0, 0.5, 2.0):
+        np.testing.assert_allclose(fuse_scores(a, b, w), zscore(a) + w * zscore(b), atol=1e-12)
+    np.testing.assert_array_equal(fuse_scores(a, b, math.inf), b)
+    # scale and shift of either stage never change the fused order
+    np.testing.assert_allclose(fuse_scores(3 * a + 1, b / 7 - 2, 1.0), fuse_scores(a, b, 1.0), atol=1e-12)
+    # a constant stage contributes nothing (no division by a zero spread)
+    np.testing.assert_allclose(fuse_scores(np.full(4, 0.3), [1.0, 2.0, 3.0, 4.0], 1.0), zscore([1.0, 2.0, 3.0, 4.0]))
+
+
+@pytest.mark.parametrize("args,match", [
+    (([1.0, 2.0], [1.0], 1.0), "aligned"),
+    (([1.0, np.nan], [1.0, 2.0], 1.0), "NaN"),
+    (([1.0, 2.0], [1.0, 2.0], -1.0), "fuse weight"),
+    (([1.0, 2.0], [1.0, 2.0], math.nan), "fuse weight"),
+    (([1.0, 2.0], [1.0, 2.0], True), "fuse weight"),
+    (([1.0, 2.0], [1.0, 2.0], "x"), "fuse weight"),
+])
+def test_fuse_scores_bad_input(args, match):
+    with pytest.raises(ProxylabError, match=match):
+        fuse_scores(*args)
+
+
+def _feature_models():
+    """Three torch classifiers whose classifier INPUT (4-d) differs: model 21's is the mean brightness (what
+    separates the query's classes), the others' are zero-sum random projections, blind to brightness (they see
+    only the images' noise)."""
+    torch.manual_seed(1)
+    models = {}
+    for mid in (20, 21, 22):
+        proj = nn.Linear(3 * 32 * 32, 4)
+        with torch.no_grad():
+            if mid == 21:
+                proj.weight.fill_(1.0 / 3072)
+                proj.bias.zero_()
+            else:
+                proj.weight.normal_(0, 0.01)
+                proj.weight.sub_(proj.weight.mean(dim=1, keepdim=True))
+        models[mid] = TorchBlackBox(nn.Sequential(nn.Flatten(), proj, nn.Linear(4, 3)), name=f"f{mid}")
+    return models
+
+
+def test_logme_rerank_uses_the_models_features_and_counts_calls():
+    from proxylab.retrieval.oracle import penultimate_features
+
+    models = _feature_models()
+    images, labels = _query()
+    hits = [Hit(20, 0.9, {}), Hit(22, 0.8, {}), Hit(21, 0.7, {})]
+    out, spent = rerank(hits, models.__getitem__, images, labels, method="logme")
+    assert out[0].id == 21 and out[0].metadata["rerank"] == "logme"
+    assert spent == 3 * 12 and sum(m.calls for m in models.values()) == 36
+    for h in out:  # the score is LogME of the classifier's input, as the oracle reads it (white-box)
+        want = logme(penultimate_features(models[h.id].module, torch.from_numpy(images)), labels)
+        assert h.score == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_logme_rerank_refuses_a_model_without_features_before_any_call():
+    from proxylab.retrieval.blackbox import BlackBoxModel
+
+    class ProbsOnly(BlackBoxModel):
+        num_classes = 3
+        name = "remote"
+
+        def _predict(self, x):
+            return np.full((x.shape[0], 3), 1 / 3, np.float32)
+
+    conv_only = TorchBlackBox(nn.Sequential(nn.Conv2d(3, 3, 32), nn.Flatten()), name="conv")  # no nn.Linear
+    models = {**_feature_models(), 30: ProbsOnly(), 31: conv_only}
+    images, labels = _query()
+    for bad in (30, 31):
+        with pytest.raises(ProxylabError, match=f"model {bad} .* exposes none"):
+            rerank([Hit(20, 0.9, {}), Hit(bad, 0.8, {})], models.__getitem__, images, labels, method="logme")
+        with pytest.raises(ProxylabError, match="exposes no features"):
+            models[bad].features(images)
+    assert all(m.calls == 0 for m in models.values())
+    # leep still re-ranks the same models (probabilities only)
+    out, spent = rerank([Hit(30, 0.9, {}), Hit(31, 0.8, {})], models.__getitem__, images, labels, method="leep")
+    assert spent == 24 and {h.id for h in out} == {30, 31}
+
+
+def test_features_need_the_classifier_to_run():
+    class AuxHead(nn.Module):  # its last registered nn.Linear (aux) is never called
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+            self.aux = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    model = TorchBlackBox(AuxHead())
+    images, _ = _query()
+    assert model.supports_features
+    with pytest.raises(ProxylabError, match="never called"):
+        model.features(images)
+
+
+def test_features_are_checked():
+    from proxylab.retrieval.blackbox import check_features
+
+    assert check_features(np.ones((2, 3), np.float32), 2).dtype == np.float64
+    for bad, match in ((np.ones((2, 3)) * np.nan, "NaN"), (np.ones((3, 3)), "shape"), (np.ones(2), "shape"),
+                       (np.ones((2, 0)), "shape"), (np.array([["a", "b"], ["c", "d"]]), "not numbers")):
+        with pytest.raises(ProxylabError, match=match):
+            check_features(bad, 2, source="m")
+    models = _feature_models()
+    images, _ = _query()
+    f = models[21].features(images[:5])
+    assert f.shape == (5, 4) and models[21].calls == 5
+    with pytest.raises(ProxylabError, match="images"):
+        models[21].features(images[:, :, :16])

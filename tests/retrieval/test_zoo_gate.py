@@ -167,3 +167,51 @@ def test_cli_gate_options(tmp_path, capsys):
         code = main(["zoo", "build", "--out", str(tmp_path / "y"), "--n-models", "1", option, value])
         assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def _zoo_gate_script():
+    """benchmarks/zoo_gate.py, imported from its file (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))  # for its sibling `_results`
+    try:
+        spec = importlib.util.spec_from_file_location("zoo_gate_script", bench / "zoo_gate.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
+def test_zoo_gate_script_counts_against_a_pre_gate_build(tmp_path):
+    script = _zoo_gate_script()
+    kw = dict(n_models=2, seed=0, progress=False, signatures=False, index=False, max_train_images=TINY)
+    base, easy, hard = tmp_path / "base", tmp_path / "easy", tmp_path / "hard"
+    build_zoo(base, gate_ratio=0.0, **kw)
+    build_zoo(easy, gate_ratio=0.01, gate_rounds=2, **kw)  # every model passes at once: the pre-gate weights
+    build_zoo(hard, gate_ratio=2.9, gate_rounds=2, **kw)   # at 64 images no model reaches 2.9x chance
+    for zoo_dir, payload in ((base, b"a"), (easy, b"a"), (hard, b"b")):  # signature files: compared as bytes
+        (zoo_dir / "signatures").mkdir()
+        for row in load_zoo(zoo_dir).manifest:
+            (zoo_dir / "signatures" / f"{row['name']}.npz").write_bytes(payload + row["name"].encode())
+    # the counts, recomputed from the manifests here
+    hard_rows = load_zoo(hard).manifest
+    assert all(r["gate_passed"] is False and r["gate_rounds"] == 2 for r in hard_rows)
+    everything = {r["group"]: r for r in script.gate_rows(easy, base) if r["half"] == "all"}["all"]
+    assert everything == {"group": "all", "half": "all", "models": 2, "retrained": 0, "passed_after_retraining": 0,
+                          "failed": 0, "identical_to_baseline": 2, "signatures_identical": 2}
+    rows = script.gate_rows(hard, base)
+    everything = [r for r in rows if r["group"] == "all"][0]
+    assert everything == {"group": "all", "half": "all", "models": 2, "retrained": 2, "passed_after_retraining": 0,
+                          "failed": 2, "identical_to_baseline": 0, "signatures_identical": 0}
+    per_task = [r for r in rows if r["half"] != "all"]
+    assert sum(r["models"] for r in per_task) == 2
+    assert {(r["group"], r["half"]) for r in per_task} <= {(m["task"], h) for m in hard_rows for h in ("train", "test")}
+    # without a baseline the comparison columns stay empty (0), and the CLI writes the CSV
+    out = tmp_path / "gate.csv"
+    assert script.main(["--zoo", str(hard), "--out", str(out)]) == 0
+    text = out.read_text().splitlines()
+    assert text[0] == ",".join(script.COLUMNS) and text[-1] == "all,all,2,2,0,2,0,0"

@@ -36,14 +36,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from proxylab.utils import npz_bytes
+
 INFO = json.dumps({"num_classes": 3, "name": "bad"}).encode()
 SECRET = "s3cret-7f1d0c9ae4b2-internal-only"
-
-
-def _npz(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -135,10 +131,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._body(INFO, ctype="application/json")
             elif mode == "bomb":
                 n = self._images()
-                self._body(_npz(probs=np.zeros((n, 3), np.float32), pad=np.zeros(50_000_000, np.uint8)))
+                self._body(npz_bytes(True, probs=np.zeros((n, 3), np.float32),  # True: compressed, so it is small
+                                     pad=np.zeros(50_000_000, np.uint8)))                # and inflates to 50 MB
             elif mode == "counting":
                 n = self._images()
-                self._body(_npz(probs=np.full((n, 3), 1 / 3, np.float32)))
+                self._body(npz_bytes(True, probs=np.full((n, 3), 1 / 3, np.float32)))  # True: compressed
             else:
                 self._body(b'{"error": "no such route"}', 404, "application/json")
         except (BrokenPipeError, ConnectionResetError):

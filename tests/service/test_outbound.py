@@ -3,7 +3,6 @@
 Against real misbehaving HTTP servers (tests/service/bad_servers.py), a real model server
 (proxylab.retrieval.model_server) and the real app on uvicorn over a real FAISS+SQLite index.
 """
-import io
 import json
 import time
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from proxylab.errors import ProxylabError
+from proxylab.utils import npz_bytes
 from proxylab.service.fetch import BoundedHTTPBlackBox, FetchBudget, FetchError, fetch
 from tests.service.bad_servers import BadServer
 from tests.service.conftest import ENC_DIM, linear_model, samples
@@ -162,12 +162,6 @@ def test_url_registration_of_a_misbehaving_server_is_a_fast_422(service, bad, mo
     assert r.status_code == 422 and words in r.json()["error"] and "probing the model server" in r.json()["error"]
     assert seconds < 5, seconds
     assert http.get("/v1/models").json()["total"] == total  # nothing registered
-
-
-def npz_bytes(**arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def test_a_url_beside_a_vector_or_signature_is_refused(service, encoders):

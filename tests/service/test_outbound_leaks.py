@@ -9,10 +9,10 @@ import pytest
 from proxylab.errors import ProxylabError
 from proxylab.service.fetch import BoundedHTTPBlackBox, FetchBudget, FetchError, fetch
 from proxylab.service.payloads import check_url
+from proxylab.utils import npz_bytes
 from tests.service.bad_servers import SECRET, BadServer
 from tests.service.conftest import ENC_DIM, samples
 from tests.service.server import WRITE, InProcessServer, write_tokens
-from tests.service.test_outbound import npz_bytes
 
 LIMIT = 1 << 20
 INFO_LEAKS = ["leakyinfo", "arrayinfo", "notjson", "notfound", "banner", "badchunk"]

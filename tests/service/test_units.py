@@ -1,5 +1,4 @@
 """Tokens, payload checks and the metrics text, without a server (fast, with plain-Python oracles)."""
-import io
 import math
 import re
 
@@ -7,6 +6,7 @@ import numpy as np
 import pytest
 
 from proxylab.errors import ProxylabError
+from proxylab.utils import npz_bytes
 from proxylab.service.auth import AuthError, TokenChecker, parse_tokens
 from proxylab.service.metrics import BUCKETS, Metrics
 from proxylab.service.payloads import (check_json_value, check_samples, check_vector, load_npz, loads_json,
@@ -91,16 +91,10 @@ def test_metadata_and_filters():
         parse_filters({"size": 1})
 
 
-def npz_bytes(compressed=False, **arrays):
-    buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-    return buf.getvalue()
-
-
 def test_npz_size_is_checked_before_decompressing(monkeypatch):
     import proxylab.service.payloads as payloads
 
-    data = npz_bytes(compressed=True, a=np.zeros(1_000_000, np.float32))
+    data = npz_bytes(True, a=np.zeros(1_000_000, np.float32))  # True: compressed
     assert len(data) < 20_000
     with monkeypatch.context() as m:
         m.setattr(payloads, "read_npz", lambda *a, **k: pytest.fail("decompressed before the size check"))

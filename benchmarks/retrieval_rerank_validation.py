@@ -1,0 +1,231 @@
+"""Validation on TRAIN models only of two ranking rules: the re-rank stage's order and a model-quality prior.
+
+    .venv/bin/python benchmarks/retrieval_rerank_validation.py [--zoo runs/zoo200] [--k 5] [--weights 0,0.5,1,2,inf]
+        [--priors 0.005,0.01,0.02,0.04]
+writes benchmarks/results/retrieval_rerank_validation.csv (one row per direction x method x weight, plus the rows
+pooled over both directions, direction "all") and _queries.csv (the index's row per direction x query x scope).
+
+Why:
+- Re-rank order (methods leep, nce; column fuse_weight). The re-rank stage orders the index's top k by LEEP (or
+  NCE) alone, which throws away what the index knew about those k models. ``rerank.fuse_scores`` keeps both:
+  z(index score) + W * z(LEEP) over the k candidates (W = inf is LEEP alone, the shipped behaviour). The rule
+  written before the run: adopt the W with the lowest mean of same-task and transfer regret only if it beats
+  W = inf by >= 0.005 without a higher same-task regret. Result: W = 2 by 0.0008, so LEEP alone stays. (With
+  k = 5, re-ordering the top 5 cannot change which models are in it, so every re-rank row's transfer Recall@5 is
+  the index's by construction.)
+- Quality prior (methods index+gate_prior, index+arch_prior; column fuse_weight = beta). The index ranks by task
+  match; transfer accuracy also depends on the model's quality, so the first stage could add beta * z(prior),
+  z over the indexed models: gate_prior = the model's accuracy on its own task's calib split / chance (its
+  manifest gate_acc: black-box, measured once at build), arch_prior = the mean standardised calib-query truth of
+  the FIT half's models of the same architecture (white-box oracle, training side only). Exploratory (no rule
+  was written before the first look): it trades identification for transfer (see the CSV), so it is not used.
+W and beta are judged here, never on the benchmark (benchmarks/retrieval.py).
+
+Protocol (that of ``train_encoders.validation_report``, cross-fit):
+- models: the zoo's 95 TRAIN models, split into inner / held halves (VALIDATION_SPLIT_SEED); the shipped
+  recipe (3 learned members, training seeds 0-2, kernel seed 0, learned weight 0.5) is trained on one half and
+  the other half is indexed and scored, then the halves swap;
+- queries: few-shot supports from the CALIB split (images no zoo model, extractor or encoder trained on), every
+  source task x shots {5, 10} x seeds {100, 101, 102} (digits' calib split is too small for 20 shots);
+- truth: the oracle's linear-probe accuracy on the same calib query (support = the query's images, scored on the
+  task's fixed calib scoring images, n_eval_per_class = min(25, smallest class - 10)); cached in zoo_dir/oracle;
+- k = 5: the benchmark re-ranks 10 of 105 models; 5 of 44-51 is the same share of the pool;
+- top_index_score (queries CSV): the highest index score in the pool, i.e. how well the best-matching model
+  matches; it is what would have to tell a new task (scope transfer) from a known one (scope same);
+- metrics: top-1 task identification, recall_at_2 (one of the top 2 is of the query's task: the benchmark's
+  Recall@5 scaled to this pool) and same-task regret (best truth minus the top-1's truth over all scored models);
+  with the query's own-task models removed, as if its task were new: transfer_recall_at_5 (one of the 5 most
+  accurate, ties at the 5th included, is in the top 5) and transfer regret.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from _results import write_csv
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHOTS = (5, 10)
+SEEDS = (100, 101, 102)
+MEMBER_SEEDS = (0, 1, 2)
+COLUMNS = ["direction", "method", "fuse_weight", "k", "queries", "top1_task", "recall_at_2", "regret",
+           "transfer_recall_at_5", "transfer_regret", "mean_regret", "calls_fraction"]
+
+
+def calib_queries(tasks):
+    from proxylab.retrieval.tasks import SOURCE_TASKS, QuerySpec
+
+    specs = []
+    for t in sorted(tasks):
+        smallest = int(np.bincount(SOURCE_TASKS[t].data("calib")[1].numpy()).min())
+        n_eval = min(25, smallest - max(SHOTS))
+        specs += [QuerySpec(t, n, s, "calib", n_eval) for n in SHOTS for s in SEEDS]
+    return specs
+
+
+def direction_encoders(zoo_dir, zoo, fit, tasks, fx):
+    """The shipped recipe trained on the `fit` models only."""
+    from proxylab.retrieval.encoders import Encoders, KernelMap
+    from proxylab.retrieval.tasks import SOURCE_TASKS
+    from proxylab.retrieval.train_encoders import (SHIPPED_LEARNED_WEIGHT, TrainConfig, own_accuracy_targets,
+                                                   task_feature_bank, train_encoders, with_kernel)
+    from proxylab.utils import torch_threads
+
+    cfg = TrainConfig()
+    bank = task_feature_bank([SOURCE_TASKS[t] for t in sorted(set(tasks.values()))], fx, "train",
+                             cfg.images_per_task, cfg.seed)
+    targets = own_accuracy_targets(zoo_dir, fit, progress=False)
+    sigs = {i: zoo.signature(i) for i in fit}
+    members = []
+    for seed in MEMBER_SEEDS:
+        with torch_threads(1):
+            learned, _ = train_encoders(sigs, {i: tasks[i] for i in fit}, bank, fx.id, replace(cfg, seed=seed),
+                                        targets, progress=False)
+        members.append(learned)
+    ens = Encoders.ensemble(members, kernel=None, learned_weight=1.0, extractor=fx)
+    return with_kernel(ens, KernelMap(ens.feature_dim), learned_weight=SHIPPED_LEARNED_WEIGHT)
+
+
+def ranked(ids: List[int], index: Dict[int, float], second: Dict[int, float], k: int, weight: float) -> List[int]:
+    """The two-stage order's head: the index's top k (ties by id; validation only needs the top-1) by fused score."""
+    from proxylab.retrieval.rerank import fuse_scores
+
+    top = sorted(ids, key=lambda i: (-index[i], i))[:k]
+    fused = fuse_scores([index[i] for i in top], [second[i] for i in top], weight)
+    return [top[n] for n in sorted(range(len(top)), key=lambda n: (-fused[n], n))]
+
+
+def arch_prior(fit, tasks, arch, truth) -> Dict[str, float]:
+    """Per architecture: the mean over the FIT models of that architecture of their truth on every calib query of
+    another task, standardised per query over the fit models of other tasks."""
+    per: Dict[str, List[float]] = {}
+    for key, acc in truth.items():
+        task = key.split(".")[0]
+        others = [i for i in fit if tasks[i] != task]
+        vals = np.array([acc[i] for i in others])
+        sd = vals.std() or 1.0
+        for i in others:
+            per.setdefault(arch[i], []).append((acc[i] - vals.mean()) / sd)
+    return {a: float(np.mean(v)) for a, v in per.items()}
+
+
+def zscored(values: Dict[int, float]) -> Dict[int, float]:
+    v = np.array(list(values.values()), dtype=np.float64)
+    sd = v.std() or 1.0
+    return {i: (x - v.mean()) / sd for i, x in values.items()}
+
+
+def main(argv=None) -> None:
+    from proxylab.errors import require
+    from proxylab.retrieval.evaluate import top_n_with_ties
+    from proxylab.retrieval.features import FeatureExtractor
+    from proxylab.retrieval.oracle import compute_oracle
+    from proxylab.retrieval.rerank import leep, nce
+    from proxylab.retrieval.train_encoders import VALIDATION_SPLIT_SEED, split_models
+    from proxylab.retrieval.zoo import load_zoo
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--zoo", default="runs/zoo200")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--weights", default="0,0.5,1,2,inf")
+    ap.add_argument("--priors", default="0.005,0.01,0.02,0.04", help="beta values of the quality-prior variants")
+    ap.add_argument("--out", default=str(RESULTS / "retrieval_rerank_validation.csv"))
+    args = ap.parse_args(argv)
+    weights = [float(w) for w in args.weights.split(",")]
+    betas = [float(b) for b in args.priors.split(",") if b]
+
+    zoo = load_zoo(args.zoo)
+    train_ids = set(split_models(zoo.manifest)[0])
+    inner, held = split_models([r for r in zoo.manifest if int(r["id"]) in train_ids], 0.5, VALIDATION_SPLIT_SEED)
+    tasks = {i: zoo.get(i)["task"] for i in inner + held}
+    arch = {i: zoo.get(i)["arch"] for i in tasks}
+    require(all(zoo.get(i)["gate_acc"] is not None for i in tasks),
+            f"zoo {args.zoo} records no gate_acc (built before the quality gate): rebuild it, or drop the gate prior")
+    gate = {i: float(zoo.get(i)["gate_acc"]) * int(zoo.get(i)["num_classes"]) for i in tasks}
+    specs = calib_queries(set(tasks.values()))
+    print(f"oracle truth: {len(specs)} calib queries x {len(tasks)} models (cached in {args.zoo}/oracle)", flush=True)
+    truth: Dict[str, Dict[int, float]] = {}
+    for r in compute_oracle(args.zoo, specs, model_ids=sorted(tasks), progress=False):
+        truth.setdefault(r["query"], {})[int(r["model_id"])] = float(r["probe_acc"])
+    fx = FeatureExtractor.default()
+    supports = {s.key: s.load()[0] for s in specs}
+
+    per_query: List[Dict] = []
+    for direction, fit, ev in (("inner>held", inner, held), ("held>inner", held, inner)):
+        enc = direction_encoders(args.zoo, zoo, fit, tasks, fx)
+        vecs = {i: enc.encode_signature(zoo.signature(i)).astype(np.float64) for i in ev}
+        models = {i: zoo.blackbox(i) for i in ev}
+        fit_arch = arch_prior(fit, tasks, arch, truth)
+        priors = {"gate_prior": zscored({i: gate[i] for i in ev}),
+                  "arch_prior": zscored({i: fit_arch.get(arch[i], 0.0) for i in ev})}
+        for spec in specs:
+            x, y = supports[spec.key]
+            labels = y.numpy()
+            q = enc.encode_query(x, labels).astype(np.float64)
+            index = {i: float(vecs[i] @ q) for i in ev}
+            probs = {i: models[i].predict_proba(x) for i in ev}
+            second = {"leep": {i: leep(probs[i], labels) for i in ev}, "nce": {i: nce(probs[i], labels) for i in ev}}
+            acc = truth[spec.key]
+            for scope, pool in (("same", list(ev)), ("transfer", [i for i in ev if tasks[i] != spec.task])):
+                best = max(acc[i] for i in pool)
+                # weight "" = a method without one (the index alone, brute force over the pool)
+                rows = {("index", ""): sorted(pool, key=lambda i: (-index[i], i))}
+                for method in ("leep", "nce"):
+                    rows[(f"{method}-all", "")] = sorted(pool, key=lambda i: (-second[method][i], i))
+                    for w in weights:
+                        rows[(method, w)] = ranked(pool, index, second[method], args.k, w)
+                for name, prior in priors.items():
+                    for b in betas:
+                        rows[(f"index+{name}", b)] = sorted(pool, key=lambda i: (-(index[i] + b * prior[i]), i))
+                relevant = set(top_n_with_ties({i: acc[i] for i in pool}))
+                for (method, w), order in rows.items():
+                    per_query.append({"direction": direction, "query": spec.key, "task": spec.task, "scope": scope,
+                                      "method": method, "fuse_weight": w, "top1": order[0],
+                                      "top1_task": float(tasks[order[0]] == spec.task),
+                                      "own_in_top2": float(any(tasks[i] == spec.task for i in order[:2])),
+                                      "relevant_in_top5": float(bool(relevant & set(order[:5]))),
+                                      "regret": best - acc[order[0]], "pool": len(pool),
+                                      "top_index_score": max(index[i] for i in pool)})
+        print(f"{direction}: {len(specs)} queries scored", flush=True)
+
+    summary = []
+    for direction in ("inner>held", "held>inner", "all"):
+        keys = sorted({(r["method"], r["fuse_weight"]) for r in per_query},
+                      key=lambda t: (t[0], -1 if t[1] == "" else t[1]))
+        for method, w in keys:
+            sel = [r for r in per_query
+                   if (r["method"], r["fuse_weight"]) == (method, w) and direction in ("all", r["direction"])]
+            same = [r for r in sel if r["scope"] == "same"]
+            trans = [r for r in sel if r["scope"] == "transfer"]
+            regret, t_regret = float(np.mean([r["regret"] for r in same])), float(np.mean([r["regret"] for r in trans]))
+            calls = (1.0 if method.endswith("-all") else 0.0 if method.startswith("index")
+                     else float(np.mean([min(args.k, r["pool"]) / r["pool"] for r in same])))
+            summary.append({"direction": direction, "method": method, "fuse_weight": w, "k": args.k,
+                            "queries": len(same), "top1_task": float(np.mean([r["top1_task"] for r in same])),
+                            "recall_at_2": float(np.mean([r["own_in_top2"] for r in same])), "regret": regret,
+                            "transfer_recall_at_5": float(np.mean([r["relevant_in_top5"] for r in trans])),
+                            "transfer_regret": t_regret, "mean_regret": (regret + t_regret) / 2,
+                            "calls_fraction": calls})
+    for row in summary:
+        if row["direction"] == "all":
+            print(f"{row['method']:18s} W={row['fuse_weight']:<5} top-1 {row['top1_task']:.3f} "
+                  f"R@2 {row['recall_at_2']:.3f} regret {row['regret']:.4f} | transfer R@5 "
+                  f"{row['transfer_recall_at_5']:.3f} regret {row['transfer_regret']:.4f} | mean regret "
+                  f"{row['mean_regret']:.4f}", flush=True)
+    out = Path(args.out)
+    write_csv(out, summary, COLUMNS, float_format=lambda v: round(v, 6), lineterminator="\n")
+    # per query only the index's rows (the variants' are in the summary): enough to trace top_index_score
+    write_csv(out.with_name(out.stem + "_queries.csv"), [r for r in per_query if r["method"] == "index"],
+              ["direction", "query", "task", "scope", "method", "fuse_weight", "top1", "top1_task", "own_in_top2",
+               "relevant_in_top5", "regret", "pool", "top_index_score"], float_format=lambda v: round(v, 6),
+              lineterminator="\n")
+    print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
