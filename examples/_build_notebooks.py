@@ -289,7 +289,9 @@ print("same-task query: top model trained on the query's task?", same_top == que
 
 The oracle fits a linear probe on each model's penultimate features with the query's support images and scores
 it on held-out images of the query task. The re-rank runs only the index's top `RERANK_K` models on the support
-images (LEEP) and reports the model calls it spent."""),
+images (LEEP on their probabilities) and reports the model calls it spent. The zoo's models are local torch
+networks, so they can also give their features (the input of their classifier layer): LogME on those is a
+*gray-box* re-rank, for models whose features you can read, and it reads the very features the oracle probes."""),
     ("code", '''from proxylab import metrics, plots
 from proxylab.retrieval.oracle import compute_oracle
 from proxylab.retrieval.rerank import rerank
@@ -301,9 +303,12 @@ for row in compute_oracle(zoo.path, list(queries.values()), model_ids=zoo.ids, p
 for kind, spec in queries.items():
     images, labels, hits = found[kind]
     acc = truth[spec.key]
+    rest = [h.id for h in hits[RERANK_K:]]
     reranked, calls = rerank(hits[:RERANK_K], zoo.blackbox, images, labels, method="leep")
+    gray, gray_calls = rerank(hits[:RERANK_K], zoo.blackbox, images, labels, method="logme")
     rankings = {"index": [h.id for h in hits],
-                f"index + LEEP@{RERANK_K} ({calls} calls)": [h.id for h in reranked] + [h.id for h in hits[RERANK_K:]],
+                f"index + LEEP@{RERANK_K} ({calls} calls)": [h.id for h in reranked] + rest,
+                f"index + LogME@{RERANK_K}, gray-box ({gray_calls} calls)": [h.id for h in gray] + rest,
                 "largest model": sorted(acc, key=lambda i: (-zoo.get(i)["params"], i))}
     lo, hi = min(acc.values()), max(acc.values())
     gains = {i: (a - lo) / (hi - lo) if hi > lo else 1.0 for i, a in acc.items()}
