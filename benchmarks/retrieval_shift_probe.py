@@ -66,7 +66,8 @@ def main(argv=None) -> int:
             if r["split"] == "calib" and int(r["model_id"]) in rows:
                 truth.setdefault(r["query_task"], {}).setdefault(int(r["model_id"]), []).append(float(r["probe_acc"]))
     if not truth:
-        raise SystemExit(f"no calib-query oracle rows in {args.zoo}: run benchmarks/retrieval_rerank_validation.py first")
+        raise SystemExit(f"no calib-query oracle rows in {args.zoo}: run "
+                         "benchmarks/retrieval_rerank_validation.py first")
     out = []
     for scope in ("all models", "shapes models"):
         per_task = []

@@ -160,7 +160,8 @@ class BlackBoxModel(ABC):
         if not self.supports_features:
             raise ProxylabError(f"{self.describe()} exposes no features (it answers probabilities only): re-rank it "
                                 "with leep or nce, or give a model whose network ends in an nn.Linear")
-        return self._batched(images, lambda batch, n: check_features(self._features(batch), n, source=self.describe()))
+        return self._batched(images, lambda batch, n: check_features(self._features(batch), n,
+                                                                     source=self.describe()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, calls={self.calls})"

@@ -315,6 +315,7 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
     index = ModelIndex.create(None, enc.dim, encoder_id=encoder_id)
     add_models(index, zoo, enc, ids, encoder_id)
     models = {i: zoo.blackbox(i) for i in ids}
+    gray_box = all(m.supports_features for m in models.values())  # a zoo network without nn.Linear: no LogME rows
     per_query: List[Dict] = []
     t_start = time.perf_counter()
     for qn, spec in enumerate(queries):
@@ -330,21 +331,24 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
         index_ms = (time.perf_counter() - t0) * 1e3
         index_ids = [h.id for h in hits]
         # Every model's probabilities on the support set, timed per model (the brute-force baselines' cost), and
-        # (gray-box rows) its classifier-input features, timed apart.
+        # (gray-box rows, when every model gives them) its classifier-input features, timed apart.
         probs, model_ms, feats, feature_ms = {}, {}, {}, {}
         for i in ids:
             t1 = time.perf_counter()
             probs[i] = models[i].predict_proba(sx)
             model_ms[i] = (time.perf_counter() - t1) * 1e3
-            t1 = time.perf_counter()
-            feats[i] = models[i].features(sx)
-            feature_ms[i] = (time.perf_counter() - t1) * 1e3
+            if gray_box:
+                t1 = time.perf_counter()
+                feats[i] = models[i].features(sx)
+                feature_ms[i] = (time.perf_counter() - t1) * 1e3
         n_img = int(len(labels))
         rng = np.random.default_rng([int(seed), qn])
         answers: Dict[str, Ranking] = {
             "proxylab": Ranking(index_ids, np.array([h.score for h in hits]), 0, index_ms)}
         draws: Dict[str, List[Ranking]] = {}
-        for method, outputs, ms in (("leep", probs, model_ms), ("nce", probs, model_ms), ("logme", feats, feature_ms)):
+        stages = [("leep", probs, model_ms), ("nce", probs, model_ms)]
+        stages += [("logme", feats, feature_ms)] if gray_box else []
+        for method, outputs, ms in stages:
             variants, calls = two_stage(index_ids, outputs, labels, rerank_k, method, [h.score for h in hits])
             spent = index_ms + sum(ms[i] for i in index_ids[:rerank_k])
             draws[f"proxylab+{method}@{rerank_k}"] = [Ranking(ids_, sc, calls, spent) for ids_, sc in variants]
@@ -353,8 +357,8 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
         answers["random"] = Ranking(rank_by(rand), np.array(sorted(rand.values(), reverse=True)), 0, 0.0)
         largest = rank_by({i: float(params[i]) for i in ids})
         answers["largest"] = Ranking(largest, np.array([float(params[i]) for i in largest]), 0, 0.0)
-        for name, fn, outputs, ms in (("leep-all", leep, probs, model_ms), ("nce-all", nce, probs, model_ms),
-                                      ("logme-all", logme, feats, feature_ms)):
+        brute = [("leep-all", leep, probs, model_ms), ("nce-all", nce, probs, model_ms)]
+        for name, fn, outputs, ms in brute + ([("logme-all", logme, feats, feature_ms)] if gray_box else []):
             s = {i: fn(outputs[i], labels) for i in ids}
             ranked = rank_by(s)
             answers[name] = Ranking(ranked, np.array([s[i] for i in ranked]), n_img * len(ids), sum(ms.values()))

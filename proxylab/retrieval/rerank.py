@@ -9,9 +9,9 @@ N target samples, Cs source classes, Ct target classes, D feature dims.
 - ``rerank(hits, get_model, images, labels, method)``: re-score the index's top-k with LEEP or NCE (one
   black-box pass per model), or with LogME when every re-ranked model exposes features (gray-box:
   ``BlackBoxModel.supports_features``; one features pass per model), and report the calls (images) spent.
-  The top-k is ordered by the estimator alone:
-  ``fuse_scores`` (z(index) + W z(estimator)) was validated against that on train models and calib queries and
-  did not beat it by the margin fixed before the run (benchmarks/retrieval_rerank_validation.py), so it is not used.
+  The top-k is ordered by the estimator alone: ``fuse_scores`` (z(index) + W z(estimator)) was validated against
+  that on train models and calib queries and did not beat it by the margin fixed before the run
+  (benchmarks/retrieval_rerank_validation.py), so it is not used.
 
 Labels may be any integers; only which samples share a label matters, so they are compacted to 0..Ct-1.
 """
