@@ -1,7 +1,7 @@
 """Validation on TRAIN models only of two ranking rules: the re-rank stage's order and a model-quality prior.
 
     .venv/bin/python benchmarks/retrieval_rerank_validation.py [--zoo runs/zoo200] [--k 5] [--weights 0,0.5,1,2,inf]
-        [--priors 0.005,0.01,0.02,0.04]
+        [--priors 0.005,0.01,0.02,0.04] [--seeds 100,101,102]
 writes benchmarks/results/retrieval_rerank_validation.csv (one row per direction x method x weight, plus the rows
 pooled over both directions, direction "all") and _queries.csv (the index's row per direction x query x scope).
 
@@ -13,6 +13,11 @@ Why:
   W = inf by >= 0.005 without a higher same-task regret. Result: W = 2 by 0.0008, so LEEP alone stays. (With
   k = 5, re-ordering the top 5 cannot change which models are in it, so every re-rank row's transfer Recall@5 is
   the index's by construction.)
+- Hedged list (methods index+hedge1 / index+hedge2; column fuse_weight = the window as a share of the pool): the
+  index's first 5 places, of which the last 1 or 2 go to the models with the highest gate_prior (below) among the
+  index's first window; places 1-3 stay the index's, so top-1 and recall_at_2 cannot change. Exploratory (tried
+  after the prior rows below had been seen; no rule written first): the question is whether within-family model
+  quality finds transfer models without costing identification.
 - Quality prior (methods index+gate_prior, index+arch_prior; column fuse_weight = beta). The index ranks by task
   match; transfer accuracy also depends on the model's quality, so the first stage could add beta * z(prior),
   z over the indexed models: gate_prior = the model's accuracy on its own task's calib split / chance (its
@@ -53,18 +58,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHOTS = (5, 10)
 SEEDS = (100, 101, 102)
 MEMBER_SEEDS = (0, 1, 2)
-COLUMNS = ["direction", "method", "fuse_weight", "k", "queries", "top1_task", "recall_at_2", "regret",
+COLUMNS = ["direction", "method", "fuse_weight", "k", "queries", "top1_task", "recall_at_2", "recall_at_5", "regret",
            "transfer_recall_at_5", "transfer_regret", "mean_regret", "calls_fraction"]
+HEDGES = ((1, 0.2), (1, 0.3), (2, 0.2), (2, 0.3))  # (places of 5, window as a share of the pool)
 
 
-def calib_queries(tasks):
+def calib_queries(tasks, seeds=SEEDS):
     from proxylab.retrieval.tasks import SOURCE_TASKS, QuerySpec
 
     specs = []
     for t in sorted(tasks):
         smallest = int(np.bincount(SOURCE_TASKS[t].data("calib")[1].numpy()).min())
         n_eval = min(25, smallest - max(SHOTS))
-        specs += [QuerySpec(t, n, s, "calib", n_eval) for n in SHOTS for s in SEEDS]
+        specs += [QuerySpec(t, n, s, "calib", n_eval) for n in SHOTS for s in seeds]
     return specs
 
 
@@ -114,6 +120,14 @@ def arch_prior(fit, tasks, arch, truth) -> Dict[str, float]:
     return {a: float(np.mean(v)) for a, v in per.items()}
 
 
+def hedged(order: List[int], quality: Dict[int, float], places: int, window: int) -> List[int]:
+    """The index's order with the last `places` of its first 5 places given to the highest-`quality` models among
+    its first `window` (not already placed); the rest follows in index order."""
+    head = order[:5 - places]
+    hedge = sorted((i for i in order[:window] if i not in head), key=lambda i: (-quality[i], order.index(i)))[:places]
+    return head + hedge + [i for i in order if i not in head and i not in hedge]
+
+
 def zscored(values: Dict[int, float]) -> Dict[int, float]:
     v = np.array(list(values.values()), dtype=np.float64)
     sd = v.std() or 1.0
@@ -133,6 +147,7 @@ def main(argv=None) -> None:
     ap.add_argument("--zoo", default="runs/zoo200")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--weights", default="0,0.5,1,2,inf")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="query draws (calib split)")
     ap.add_argument("--priors", default="0.005,0.01,0.02,0.04", help="beta values of the quality-prior variants")
     ap.add_argument("--out", default=str(RESULTS / "retrieval_rerank_validation.csv"))
     args = ap.parse_args(argv)
@@ -147,7 +162,7 @@ def main(argv=None) -> None:
     require(all(zoo.get(i)["gate_acc"] is not None for i in tasks),
             f"zoo {args.zoo} records no gate_acc (built before the quality gate): rebuild it, or drop the gate prior")
     gate = {i: float(zoo.get(i)["gate_acc"]) * int(zoo.get(i)["num_classes"]) for i in tasks}
-    specs = calib_queries(set(tasks.values()))
+    specs = calib_queries(set(tasks.values()), [int(x) for x in args.seeds.split(",")])
     print(f"oracle truth: {len(specs)} calib queries x {len(tasks)} models (cached in {args.zoo}/oracle)", flush=True)
     truth: Dict[str, Dict[int, float]] = {}
     for r in compute_oracle(args.zoo, specs, model_ids=sorted(tasks), progress=False):
@@ -179,6 +194,9 @@ def main(argv=None) -> None:
                     rows[(f"{method}-all", "")] = sorted(pool, key=lambda i: (-second[method][i], i))
                     for w in weights:
                         rows[(method, w)] = ranked(pool, index, second[method], args.k, w)
+                for places, share in HEDGES:
+                    rows[(f"index+hedge{places}", share)] = hedged(rows[("index", "")], gate, places,
+                                                                   max(5, round(share * len(pool))))
                 for name, prior in priors.items():
                     for b in betas:
                         rows[(f"index+{name}", b)] = sorted(pool, key=lambda i: (-(index[i] + b * prior[i]), i))
@@ -188,6 +206,7 @@ def main(argv=None) -> None:
                                       "method": method, "fuse_weight": w, "top1": order[0],
                                       "top1_task": float(tasks[order[0]] == spec.task),
                                       "own_in_top2": float(any(tasks[i] == spec.task for i in order[:2])),
+                                      "own_in_top5": float(any(tasks[i] == spec.task for i in order[:5])),
                                       "relevant_in_top5": float(bool(relevant & set(order[:5]))),
                                       "regret": best - acc[order[0]], "pool": len(pool),
                                       "top_index_score": max(index[i] for i in pool)})
@@ -207,7 +226,8 @@ def main(argv=None) -> None:
                      else float(np.mean([min(args.k, r["pool"]) / r["pool"] for r in same])))
             summary.append({"direction": direction, "method": method, "fuse_weight": w, "k": args.k,
                             "queries": len(same), "top1_task": float(np.mean([r["top1_task"] for r in same])),
-                            "recall_at_2": float(np.mean([r["own_in_top2"] for r in same])), "regret": regret,
+                            "recall_at_2": float(np.mean([r["own_in_top2"] for r in same])),
+                            "recall_at_5": float(np.mean([r["own_in_top5"] for r in same])), "regret": regret,
                             "transfer_recall_at_5": float(np.mean([r["relevant_in_top5"] for r in trans])),
                             "transfer_regret": t_regret, "mean_regret": (regret + t_regret) / 2,
                             "calls_fraction": calls})
