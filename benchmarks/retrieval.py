@@ -127,25 +127,16 @@ def latency_comparison(zoo_dir, other_file: str, queries, repeats: int = 3):
              "ratio_to_other": float(np.median(times[name])) / base} for name in named]
 
 
-PER_TASK_COLUMNS = ["method", "query_kind", "task", "queries", "top1_task", "recall_at_5", "best_in_top5", "regret"]
+PER_TASK = ("method", "query_kind", "task")
+PER_TASK_COLUMNS = [*PER_TASK, "queries", "top1_task", "recall_at_5", "best_in_top5", "regret"]
 
 
 def per_task_rows(per_query):
     """Per (method, query kind, task): the mean of each metric over that task's queries (shots x seeds), so a
     kind's figure can be traced to the tasks that make it."""
-    import numpy as np
+    from proxylab.retrieval.evaluate import summarize
 
-    groups = {}
-    for r in per_query:
-        groups.setdefault((r["method"], r["query_kind"], r["task"]), []).append(r)
-    rows = []
-    for (method, kind, task), rs in sorted(groups.items()):
-        row = {"method": method, "query_kind": kind, "task": task, "queries": len(rs)}
-        for key in PER_TASK_COLUMNS[4:]:
-            vals = np.array([q[key] for q in rs], dtype=np.float64)
-            row[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-        rows.append(row)
-    return rows
+    return sorted(summarize(per_query, by=PER_TASK), key=lambda r: tuple(r[k] for k in PER_TASK))
 
 
 def _write(path: Path, columns, rows) -> None:
@@ -155,8 +146,10 @@ def _write(path: Path, columns, rows) -> None:
 def main(argv=None) -> int:
     import torch
 
-    from proxylab.retrieval.evaluate import evaluate_zoo
+    from proxylab.retrieval.evaluate import evaluate_zoo, oracle_ground_truth, truth_stability
     from proxylab.retrieval.tasks import default_queries
+    from proxylab.retrieval.train_encoders import split_models
+    from proxylab.retrieval.zoo import load_zoo
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", default="runs/zoo200")
@@ -177,7 +170,11 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"latency {r['encoders']}: median {r['latency_ms_median']:.2f} ms, x{r['ratio_to_other']:.3f}",
                   file=sys.stderr)
-    summary, per_query = evaluate_zoo(args.zoo, queries=queries, rerank_k=args.rerank_k)
+    # The ground truth, read (or computed and cached) once: evaluate_zoo scores with it, truth_stability reuses it.
+    test_ids = split_models(load_zoo(args.zoo).manifest)[1]
+    truth = oracle_ground_truth(args.zoo, queries, test_ids)
+    summary, per_query = evaluate_zoo(args.zoo, queries=queries, model_ids=test_ids, rerank_k=args.rerank_k,
+                                      ground_truth=lambda *_: truth)
     kind_order = {"same_task": 0, "new_task": 1, "subset_task": 2}
     summary.sort(key=lambda r: (kind_order.get(r["query_kind"], 3), r["method"]))
     out = Path(args.out)
@@ -185,14 +182,8 @@ def main(argv=None) -> int:
     _write(out.with_name(out.stem + "_queries.csv"), QUERY_COLUMNS, per_query)
     _write(out.with_name(out.stem + "_per_task.csv"), PER_TASK_COLUMNS, per_task_rows(per_query))
     if len({q.seed for q in queries}) > 1:
-        # How stable is the new-task truth across support draws? (evaluate.truth_stability; oracle rows cached)
-        from proxylab.retrieval.evaluate import oracle_ground_truth, truth_stability
-        from proxylab.retrieval.train_encoders import split_models
-        from proxylab.retrieval.zoo import load_zoo
-
-        test_ids = split_models(load_zoo(args.zoo).manifest)[1]
-        new = [q for q in queries if q.kind == "new"]
-        stability = truth_stability(new, oracle_ground_truth(args.zoo, new, test_ids, progress=False))
+        # How stable is the new-task truth across support draws? (evaluate.truth_stability)
+        stability = truth_stability([q for q in queries if q.kind == "new"], truth)
         _write(out.with_name(out.stem + "_truth_stability.csv"), ["task", "pairs", "recall_at_5"], stability)
     targets = check_targets(summary, args.rerank_k)
     _write(out.with_name(out.stem + "_targets.csv"), ["target", "query_kind", "value", "threshold", "met"],

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -79,20 +78,13 @@ def direction_encoders(zoo_dir, zoo, fit, tasks, fx):
     from proxylab.retrieval.encoders import Encoders, KernelMap
     from proxylab.retrieval.tasks import SOURCE_TASKS
     from proxylab.retrieval.train_encoders import (SHIPPED_LEARNED_WEIGHT, TrainConfig, own_accuracy_targets,
-                                                   task_feature_bank, train_encoders, with_kernel)
-    from proxylab.utils import torch_threads
+                                                   task_feature_bank, train_members, with_kernel)
 
     cfg = TrainConfig()
     bank = task_feature_bank([SOURCE_TASKS[t] for t in sorted(set(tasks.values()))], fx, "train",
                              cfg.images_per_task, cfg.seed)
-    targets = own_accuracy_targets(zoo_dir, fit, progress=False)
-    sigs = {i: zoo.signature(i) for i in fit}
-    members = []
-    for seed in MEMBER_SEEDS:
-        with torch_threads(1):
-            learned, _ = train_encoders(sigs, {i: tasks[i] for i in fit}, bank, fx.id, replace(cfg, seed=seed),
-                                        targets, progress=False)
-        members.append(learned)
+    members, _ = train_members({i: zoo.signature(i) for i in fit}, {i: tasks[i] for i in fit}, bank, fx, cfg,
+                               MEMBER_SEEDS, own_accuracy_targets(zoo_dir, fit, progress=False), progress=False)
     ens = Encoders.ensemble(members, kernel=None, learned_weight=1.0, extractor=fx)
     return with_kernel(ens, KernelMap(ens.feature_dim), learned_weight=SHIPPED_LEARNED_WEIGHT)
 
@@ -124,7 +116,8 @@ def hedged(order: List[int], quality: Dict[int, float], places: int, window: int
     """The index's order with the last `places` of its first 5 places given to the highest-`quality` models among
     its first `window` (not already placed); the rest follows in index order."""
     head = order[:5 - places]
-    hedge = sorted((i for i in order[:window] if i not in head), key=lambda i: (-quality[i], order.index(i)))[:places]
+    # sorted() is stable, so models of equal quality keep the index's order
+    hedge = sorted((i for i in order[:window] if i not in head), key=lambda i: -quality[i])[:places]
     return head + hedge + [i for i in order if i not in head and i not in hedge]
 
 

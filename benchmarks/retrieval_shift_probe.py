@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/retrieval_shift_probe.py [--zoo runs/zoo200] [--shift 8]
 writes benchmarks/results/retrieval_shift_probe.csv: per source task T (as a query task), the Spearman correlation
 over the TRAIN models of other tasks between their probe accuracy on T's calib queries (the oracle rows that
-benchmarks/retrieval_rerank_validation.py caches, averaged over its 6 queries per task) and each of three
-per-model quantities:
+benchmarks/retrieval_rerank_validation.py caches for its default queries, averaged over the 6 per task) and each
+of three per-model quantities:
 - shift_sensitivity: mean total-variation distance between the model's probabilities for a shapes scene of the
   shared probe pool and for the same scene rolled by --shift pixels (right, down, left, up; averaged). Black-box:
   5 x 96 = 480 calls per model, measurable at signature time;
@@ -21,13 +21,13 @@ outputs moving with a shift tracked transfer, it would be a signature feature wo
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from _results import write_csv
+from retrieval_rerank_validation import calib_queries
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["query_task", "models", "rho_shift_sensitivity", "rho_gate_ratio", "rho_log_params"]
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     import torch
     from scipy.stats import spearmanr
 
+    from proxylab.retrieval.oracle import load_oracle
     from proxylab.retrieval.signature import POOL_PER_SOURCE, probe_pool
     from proxylab.retrieval.train_encoders import split_models
     from proxylab.retrieval.zoo import load_zoo
@@ -60,11 +61,12 @@ def main(argv=None) -> int:
                                                           for x in shifted]))
         quantity["gate_ratio"][i] = float(rows[i]["gate_acc"]) * int(rows[i]["num_classes"])
         quantity["log_params"][i] = float(np.log(int(rows[i]["params"])))
+    # exactly the validation script's default calib queries (the oracle cache may hold other draws too)
+    keys = {q.key for q in calib_queries({r["task"] for r in rows.values()})}
     truth = {}
-    with open(Path(args.zoo) / "oracle" / "oracle.csv", newline="") as f:  # gathered rows of current weights
-        for r in csv.DictReader(f):
-            if r["split"] == "calib" and int(r["model_id"]) in rows:
-                truth.setdefault(r["query_task"], {}).setdefault(int(r["model_id"]), []).append(float(r["probe_acc"]))
+    for r in load_oracle(args.zoo):  # the gathered rows (current weights only)
+        if r["query"] in keys and r["model_id"] in rows:
+            truth.setdefault(r["query_task"], {}).setdefault(r["model_id"], []).append(r["probe_acc"])
     if not truth:
         raise SystemExit(f"no calib-query oracle rows in {args.zoo}: run "
                          "benchmarks/retrieval_rerank_validation.py first")

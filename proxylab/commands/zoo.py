@@ -9,7 +9,10 @@ from typing import Any, Dict, List, Optional
 from proxylab.commands._base import Command, parse_int_list
 from proxylab.errors import ProxylabError
 
-RERANK_METHODS = ("leep", "nce", "logme")  # logme: the models' features (gray-box; zoo models are local)
+def _rerank_methods():
+    from proxylab.retrieval.rerank import FEATURE_RERANKERS, RERANKERS
+
+    return tuple(RERANKERS.names() + FEATURE_RERANKERS.names())  # logme: features (gray-box; zoo models are local)
 
 
 def shipped_index_dir() -> Path:
@@ -295,7 +298,7 @@ class ZooQuery(Command):
                             help=".npz with images [N,3,32,32] float32 in [0,1] and labels [N] int (>= 2 classes)")
         parser.add_argument("--index", help="index folder (default: the shipped zoo index)")
         parser.add_argument("--k", type=int, default=10, help="models to return (default 10)")
-        parser.add_argument("--rerank", choices=RERANK_METHODS,
+        parser.add_argument("--rerank", choices=_rerank_methods(),
                             help="re-score the top k by running them on the samples (needs --zoo; k calls per image): "
                                  "leep or nce on their probabilities (black-box), logme on their classifier-input "
                                  "features (gray-box)")
@@ -316,7 +319,7 @@ class ZooQuery(Command):
         if args.rerank and not args.zoo:
             raise ProxylabError("--rerank runs the retrieved models: give --zoo DIR, the zoo they come from")
         if args.zoo and not args.rerank:
-            raise ProxylabError("--zoo is only used with --rerank leep|nce|logme")
+            raise ProxylabError(f"--zoo is only used with --rerank {'|'.join(_rerank_methods())}")
         images, labels = load_samples(args.samples)
         filters = _filters(args)
         enc = _encoders(args.encoders, args.extractor)

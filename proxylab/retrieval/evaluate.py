@@ -268,14 +268,15 @@ def mean_metrics(rows: List[Dict[str, float]]) -> Dict[str, float]:
     return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
 
 
-def summarize(per_query: List[Dict]) -> List[Dict]:
-    """Mean of each metric per (method, query kind); latency as the median; NaN-aware (tau may be NaN)."""
-    groups: Dict[Tuple[str, str], List[Dict]] = {}
+def summarize(per_query: List[Dict], by: Sequence[str] = ("method", "query_kind")) -> List[Dict]:
+    """Mean of each metric per group of the `by` columns (default: method, query kind; add "task" for a per-task
+    view); latency as the median; NaN-aware (tau may be NaN)."""
+    groups: Dict[tuple, List[Dict]] = {}
     for row in per_query:
-        groups.setdefault((row["method"], row["query_kind"]), []).append(row)
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
     out = []
-    for (method, kind), rows in groups.items():
-        summary = {"method": method, "query_kind": kind, "queries": len(rows)}
+    for key, rows in groups.items():
+        summary = {**dict(zip(by, key)), "queries": len(rows)}
         for key in SUMMARY_FIELDS[3:-1]:
             vals = np.array([r[key] for r in rows], dtype=np.float64)
             summary[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan

@@ -181,8 +181,7 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
     own models on the task's labelled images. A cached row counts only for the same weights (sha256) and image
     count; stale rows are recomputed.
     """
-    from proxylab.retrieval.tasks import get_task
-    from proxylab.retrieval.zoo import load_zoo
+    from proxylab.retrieval.zoo import calib_data, load_zoo
 
     require(isinstance(max_images, int) and max_images >= 1, f"max_images must be a positive integer, got {max_images!r}")
     zoo = load_zoo(zoo_dir)
@@ -209,7 +208,7 @@ def calibration_accuracy(zoo_dir: PathLike, model_ids: Optional[Sequence[int]] =
         start = time.perf_counter()
         with torch_threads(1):
             for task_name, ids in sorted(todo.items()):
-                x, y = get_task(task_name).data("calib", limit=max_images, seed=0)
+                x, y = calib_data(task_name, max_images)
                 for i in ids:
                     row = zoo.get(i)
                     # argmax of the probabilities: exactly what the black box hands out, counted as calls

@@ -202,12 +202,12 @@ def task_pool(task_name: str):
 
 
 @functools.lru_cache(maxsize=None)
-def gate_data(task_name: str):
-    """(x, y) the quality gate scores a model of this task on: its calib split (the first GATE_IMAGES of a
-    seeded draw, the same images as oracle.calibration_accuracy)."""
+def calib_data(task_name: str, limit: int = GATE_IMAGES):
+    """(x, y): the first `limit` images of a seeded draw of the task's calib split. The one definition of "a
+    model's calib images": the quality gate scores a model on them, and so does oracle.calibration_accuracy."""
     from proxylab.retrieval.tasks import get_task
 
-    x, y = get_task(task_name).data("calib", limit=GATE_IMAGES, seed=0)
+    x, y = get_task(task_name).data("calib", limit=limit, seed=0)
     return x.clone(), y.clone()
 
 
@@ -231,7 +231,7 @@ def prepare_pools(task_names: Iterable[str], progress: bool = True) -> None:
     task_names = sorted(set(task_names))
     for name in task_names:
         task_pool(name)
-        gate_data(name)
+        calib_data(name)
     clear_cache()
     _log(progress, f"data ready for {len(task_names)} tasks")
 
@@ -260,7 +260,7 @@ def train_model(plan: ModelPlan) -> Tuple[Dict[str, Any], bytes]:
         torch.manual_seed(plan.seed)  # the initial weights
         model = build_module(config)
         task_data = _TaskData(task.dataset_name, task.num_classes, train, test)
-        gate_x, gate_y = gate_data(plan.task)
+        gate_x, gate_y = calib_data(plan.task)
         need = plan.gate_ratio / task.num_classes
         seconds = 0.0
         for rounds in range(1, plan.gate_rounds + 1):

@@ -5,6 +5,8 @@ these two handlers read the body themselves and ``json_or_multipart`` describes 
 """
 from typing import Any, Dict
 
+from proxylab.service.payloads import RERANK_METHODS
+
 _METADATA = {
     "type": "object",
     "required": ["name"],
@@ -70,7 +72,7 @@ QUERY = json_or_multipart(
                               "k": _K, "filters": {"type": "string", "description": "JSON object of metadata filters"},
                               "rerank": {"type": "boolean", "default": False,
                                          "description": "re-score models registered by URL on the samples"},
-                              "method": {"type": "string", "enum": ["leep", "nce"], "default": "leep"}}},
+                              "method": {"type": "string", "enum": list(RERANK_METHODS), "default": "leep"}}},
     json={"title": "QueryJSON", "required": ["vector"],
           "properties": {"vector": {"type": "array", "items": {"type": "number"}}, "k": _K, "filters": _FILTERS}},
     responses={200: "results: [{rank, id, score, metadata, rerank_score?, rerank?}], calls, timing_ms",

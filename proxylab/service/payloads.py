@@ -18,13 +18,14 @@ import numpy as np
 
 from proxylab.utils import read_npz
 from proxylab.errors import ProxylabError, require
+from proxylab.retrieval.rerank import RERANKERS
 
 IMAGE_SHAPE = (3, 32, 32)  # the canonical image space of proxylab.retrieval.canonical
 INT64_MAX = 2**63 - 1
 MAX_K = 1000
 MAX_TEXT = 500  # longest name / task / family / arch string
 MAX_JSON_DEPTH = 8
-RERANK_METHODS = ("leep", "nce")
+RERANK_METHODS = tuple(RERANKERS.names())  # probability-based only: a model server gives no features
 # metadata keys a client may not set: the service owns them (id is the index's, source says how it came in)
 RESERVED_METADATA = ("id", "score", "vector", "source", "calls", "extractor")
 FILTER_KEYS = ("task", "family", "arch", "params_min", "params_max", "num_classes")

@@ -7,7 +7,7 @@ import pytest
 from proxylab.errors import ProxylabError
 from proxylab.nets.train import evaluate
 from proxylab.retrieval.zoo import (GATE_IMAGES, GATE_MAX_ROUNDS, GATE_RATIO, MIN_SOURCE_CLASSES, build_zoo,
-                                    build_module, gate_data, load_zoo, plan_model, train_model, write_manifest)
+                                    build_module, calib_data, load_zoo, plan_model, train_model, write_manifest)
 
 TINY = 64
 
@@ -29,7 +29,7 @@ def test_gate_acc_is_the_calib_accuracy_of_the_weights_shipped():
     assert GATE_IMAGES == CALIB_MAX_IMAGES  # the gate scores exactly the images calibration_accuracy does
     plan = plan_model(1, 0, TINY)  # on 64 images this one needs all 4 rounds to pass
     config, data = train_model(plan)
-    x, y = gate_data(plan.task)
+    x, y = calib_data(plan.task)
     want_x, want_y = get_task(plan.task).data("calib", limit=1000, seed=0)  # oracle.calibration_accuracy's images
     assert (x == want_x).all() and (y == want_y).all()
     assert config["gate_acc"] == pytest.approx(evaluate(_module(config, data), x, y), abs=1e-6)
@@ -207,6 +207,18 @@ def test_zoo_gate_script_counts_against_a_pre_gate_build(tmp_path):
     everything = [r for r in rows if r["group"] == "all"][0]
     assert everything == {"group": "all", "half": "all", "models": 2, "retrained": 2, "passed_after_retraining": 0,
                           "failed": 2, "identical_to_baseline": 0, "signatures_identical": 0}
+    # the default gate: model 1 needs all 4 rounds at 64 images (test_gate_acc_is_the_calib_accuracy_...)
+    default = tmp_path / "default"
+    build_zoo(default, **kw)
+    for row in load_zoo(default).manifest:
+        (default / "signatures").mkdir(exist_ok=True)
+        (default / "signatures" / f"{row['name']}.npz").write_bytes(b"a" + row["name"].encode())
+    manifest = load_zoo(default).manifest
+    after = sum(1 for r in manifest if r["gate_rounds"] > 1 and r["gate_passed"] is True)
+    everything = [r for r in script.gate_rows(default, base) if r["group"] == "all"][0]
+    assert after >= 1 and everything["passed_after_retraining"] == after
+    assert everything["identical_to_baseline"] == sum(1 for r in manifest if r["gate_rounds"] == 1)
+    assert everything["signatures_identical"] == 2
     per_task = [r for r in rows if r["half"] != "all"]
     assert sum(r["models"] for r in per_task) == 2
     assert {(r["group"], r["half"]) for r in per_task} <= {(m["task"], h) for m in hard_rows for h in ("train", "test")}
