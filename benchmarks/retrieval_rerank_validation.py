@@ -1,4 +1,4 @@
-"""Validation on TRAIN models only of two ranking rules: the re-rank stage's order and a model-quality prior.
+"""Validation on TRAIN models only of ranking rules: the re-rank stage's order and a model-quality prior.
 
     .venv/bin/python benchmarks/retrieval_rerank_validation.py [--zoo runs/zoo200] [--k 5] [--weights 0,0.5,1,2,inf]
         [--priors 0.005,0.01,0.02,0.04] [--seeds 100,101,102]
@@ -13,6 +13,19 @@ Why:
   W = inf by >= 0.005 without a higher same-task regret. Result: W = 2 by 0.0008, so LEEP alone stays. (With
   k = 5, re-ordering the top 5 cannot change which models are in it, so every re-rank row's transfer Recall@5 is
   the index's by construction.)
+- LEEP and NCE together (method leep+nce): the index's top k ordered by z(LEEP) + z(NCE) over those k, the
+  same forward pass (no extra calls). In the benchmark NCE re-ranking does better same-task and LEEP re-ranking
+  better new-task (seen before this row was written, so this was a candidate from the test figures); the rule
+  written before the run (session 8): adopt it only if on seeds 100-102 it beats LEEP alone's mean regret by
+  >= 0.005 with no higher same-task regret, AND on fresh seeds 103-105 its mean regret is again below LEEP
+  alone's. Result: 0.0649 vs 0.0740 on seeds 100-102 (same-task 0.0311 vs 0.0412), then 0.0752 vs 0.0689 on
+  103-105: rejected, LEEP alone stays.
+- Gate-failed models last (method index+gate_last): the index's order with the models whose build-time quality
+  gate failed (manifest gate_passed False) moved after all others. Why: bad models may have generic vectors that
+  sit near an unfamiliar query's. Rule written before the run (session 8): adopt it only if transfer Recall@5
+  gains >= 0.03 on seeds 100-102 and >= 0.02 on fresh seeds 103-105, each with top-1 and recall_at_2 down by at
+  most 0.01. Result: +0.025 on both (0.783 -> 0.808, 0.792 -> 0.817) with top-1, recall_at_2 and regret unchanged:
+  below the bar, so not used.
 - Hedged list (methods index+hedge1 / index+hedge2; column fuse_weight = the window as a share of the pool): the
   index's first 5 places, of which the last 1 or 2 go to the models with the highest gate_prior (below) among the
   index's first window; places 1-3 stay the index's, so top-1 and recall_at_2 cannot change. Exploratory (tried
@@ -89,12 +102,14 @@ def direction_encoders(zoo_dir, zoo, fit, tasks, fx):
     return with_kernel(ens, KernelMap(ens.feature_dim), learned_weight=SHIPPED_LEARNED_WEIGHT)
 
 
-def ranked(ids: List[int], index: Dict[int, float], second: Dict[int, float], k: int, weight: float) -> List[int]:
-    """The two-stage order's head: the index's top k (ties by id; validation only needs the top-1) by fused score."""
+def ranked(ids: List[int], index: Dict[int, float], first: Dict[int, float], second: Dict[int, float], k: int,
+           weight: float) -> List[int]:
+    """The two-stage order's head: the index's top k (ties by id; validation only needs the top-1) ordered by
+    z(first) + weight * z(second) over those k (``rerank.fuse_scores``)."""
     from proxylab.retrieval.rerank import fuse_scores
 
     top = sorted(ids, key=lambda i: (-index[i], i))[:k]
-    fused = fuse_scores([index[i] for i in top], [second[i] for i in top], weight)
+    fused = fuse_scores([first[i] for i in top], [second[i] for i in top], weight)
     return [top[n] for n in sorted(range(len(top)), key=lambda n: (-fused[n], n))]
 
 
@@ -155,6 +170,7 @@ def main(argv=None) -> None:
     require(all(zoo.get(i)["gate_acc"] is not None for i in tasks),
             f"zoo {args.zoo} records no gate_acc (built before the quality gate): rebuild it, or drop the gate prior")
     gate = {i: float(zoo.get(i)["gate_acc"]) * int(zoo.get(i)["num_classes"]) for i in tasks}
+    passed = {i: zoo.get(i)["gate_passed"] is not False for i in tasks}
     specs = calib_queries(set(tasks.values()), [int(x) for x in args.seeds.split(",")])
     print(f"oracle truth: {len(specs)} calib queries x {len(tasks)} models (cached in {args.zoo}/oracle)", flush=True)
     truth: Dict[str, Dict[int, float]] = {}
@@ -186,10 +202,13 @@ def main(argv=None) -> None:
                 for method in ("leep", "nce"):
                     rows[(f"{method}-all", "")] = sorted(pool, key=lambda i: (-second[method][i], i))
                     for w in weights:
-                        rows[(method, w)] = ranked(pool, index, second[method], args.k, w)
+                        rows[(method, w)] = ranked(pool, index, index, second[method], args.k, w)
+                rows[("leep+nce", "")] = ranked(pool, index, second["leep"], second["nce"], args.k, 1.0)
                 for places, share in HEDGES:
                     rows[(f"index+hedge{places}", share)] = hedged(rows[("index", "")], gate, places,
                                                                    max(5, round(share * len(pool))))
+                rows[("index+gate_last", "")] = ([i for i in rows[("index", "")] if passed[i]]
+                                                 + [i for i in rows[("index", "")] if not passed[i]])
                 for name, prior in priors.items():
                     for b in betas:
                         rows[(f"index+{name}", b)] = sorted(pool, key=lambda i: (-(index[i] + b * prior[i]), i))

@@ -6,8 +6,10 @@ in proxylab counts images; ``BlackBoxModel.calls`` counts them, including images
 validation (they were sent).
 
 Gray-box option: a model whose ``supports_features`` is True also answers ``features(images)``, the input of
-its classifier layer [N, D] (counted as calls like predictions). Only the optional LogME re-ranking
-(``rerank.rerank(method="logme")``) asks for it; the index, the signatures and the LEEP/NCE re-ranking never do.
+its classifier layer [N, D] (counted as calls like predictions), and ``predict_with_features(images)``, both
+answers from one pass. Only the optional LogME re-ranking (``rerank.rerank(method="logme")``) and the benchmark's
+gray-box rows (``evaluate.evaluate_zoo``) ask for them; the index, the signatures and the LEEP/NCE re-ranking
+never do.
 ``TorchBlackBox`` (and so ``CheckpointBlackBox``) supports it when the network has an ``nn.Linear``; an HTTP
 model does not (the npz protocol carries probabilities only).
 
@@ -84,8 +86,13 @@ def penultimate_features(module, images, batch_size: int = 256) -> np.ndarray:
     "Last" is the last one registered (``module.modules()`` order), which is the classifier in every zoo and
     timm network. The hook keeps only the passes of the calling thread, so a prediction running at the same time
     in another thread (a model server) adds nothing to the captured rows."""
-    import threading
+    return classifier_pass(module, images, batch_size, keep_outputs=False)[1]
 
+
+def classifier_pass(module, images, batch_size: int = 256, keep_outputs: bool = True):
+    """(outputs, features) of ONE eval-mode, no-grad pass: the module's output tensors of every batch concatenated
+    (None when not `keep_outputs`) and ``penultimate_features``' float64 [N, D] array, so a caller that needs both
+    never runs the network twice."""
     import torch
     import torch.nn as nn
 
@@ -96,6 +103,7 @@ def penultimate_features(module, images, batch_size: int = 256) -> np.ndarray:
         raise ProxylabError(f"{type(module).__name__} has no nn.Linear classifier whose input could serve as features")
     head = linears[-1]
     captured: List[torch.Tensor] = []
+    outputs = []
     me = threading.get_ident()
 
     def keep(_m, inputs, _out):
@@ -104,11 +112,22 @@ def penultimate_features(module, images, batch_size: int = 256) -> np.ndarray:
 
     with measuring(module, [head.register_forward_hook(keep)]):
         for i in range(0, len(images), batch_size):
-            module(images[i:i + batch_size])
+            out = module(images[i:i + batch_size])
+            if keep_outputs:
+                outputs.append(out)
     if not captured:
         raise ProxylabError(f"the last nn.Linear of {type(module).__name__} was never called in its forward pass, so "
                             "it is not the classifier whose input could serve as features")
-    return torch.cat(captured).double().cpu().numpy()
+    features = torch.cat(captured).double().cpu().numpy()
+    if not keep_outputs:
+        return None, features
+    if len(outputs) == 1:
+        return outputs[0], features
+    try:
+        return torch.cat(outputs), features
+    except (TypeError, RuntimeError) as e:  # outputs that are not tensors, or whose shapes do not stack
+        raise ProxylabError(f"{type(module).__name__} must return one logits tensor [N, K] per batch: its batches' "
+                            f"outputs do not join ({e})") from None
 
 
 class BlackBoxModel(ABC):
@@ -135,8 +154,9 @@ class BlackBoxModel(ABC):
     def describe(self) -> str:
         return f"model '{self.name}'" if self.name else f"{type(self).__name__}"
 
-    def _batched(self, images, answer) -> np.ndarray:
-        """`answer(batch, n) -> checked array` over batches of the validated images, each image counted as sent."""
+    def _batched(self, images, answer):
+        """`answer(batch, n) -> checked array` (or a tuple of them) over batches of the validated images, each image
+        counted as sent; the answers joined over batches (a tuple of joined arrays for tuple answers)."""
         x = check_images(images)
         out = []
         for start in range(0, x.shape[0], self.batch_size):
@@ -144,6 +164,8 @@ class BlackBoxModel(ABC):
             with self._count_lock:
                 self.calls += int(batch.shape[0])
             out.append(answer(batch, int(batch.shape[0])))
+        if isinstance(out[0], tuple):  # several answers per batch (predict_with_features)
+            return tuple(np.concatenate(parts, axis=0) for parts in zip(*out))
         return np.concatenate(out, axis=0)
 
     def predict_proba(self, images) -> np.ndarray:
@@ -157,11 +179,33 @@ class BlackBoxModel(ABC):
     def features(self, images) -> np.ndarray:
         """Gray-box: float64 [N, D] features of the images (the classifier layer's input), counted as calls.
         A model that does not expose features raises before anything is sent."""
+        self._require_features()
+        return self._batched(images, lambda batch, n: check_features(self._features(batch), n,
+                                                                     source=self.describe()))
+
+    def _predict_with_features(self, x):
+        """(probabilities, features) of one batch from ONE pass; only when supports_features. A subclass that can
+        answer both at once (TorchBlackBox) overrides it."""
+        raise NotImplementedError
+
+    def predict_with_features(self, images):
+        """Gray-box: ``(predict_proba(images), features(images))``, both checked as those two methods check them.
+        From one pass, each image counted once, when the subclass overrides ``_predict_with_features``; otherwise
+        the two calls, each image counted twice (it is sent twice)."""
+        self._require_features()
+        if type(self)._predict_with_features is BlackBoxModel._predict_with_features:
+            return self.predict_proba(images), self.features(images)
+        return self._batched(images, lambda batch, n: self._checked_pair(self._predict_with_features(batch), n))
+
+    def _checked_pair(self, pair, n: int):
+        probs, feats = pair
+        return (check_probabilities(probs, n, self.num_classes, source=self.describe(), quote=self.quotes_answers),
+                check_features(feats, n, source=self.describe()))
+
+    def _require_features(self) -> None:
         if not self.supports_features:
             raise ProxylabError(f"{self.describe()} exposes no features (it answers probabilities only): re-rank it "
                                 "with leep or nce, or give a model whose network ends in an nn.Linear")
-        return self._batched(images, lambda batch, n: check_features(self._features(batch), n,
-                                                                     source=self.describe()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, calls={self.calls})"
@@ -207,6 +251,11 @@ class TorchBlackBox(BlackBoxModel):
 
         with torch.no_grad():
             logits = self.module(x.to(self.device))
+        return self._softmax(logits)
+
+    def _softmax(self, logits) -> np.ndarray:
+        import torch
+
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
             raise ProxylabError(f"{self.describe()} must return logits [N, K], got {type(logits).__name__} "
                                 f"of shape {list(getattr(logits, 'shape', []))}")
@@ -214,6 +263,10 @@ class TorchBlackBox(BlackBoxModel):
 
     def _features(self, x) -> np.ndarray:
         return penultimate_features(self.module, x.to(self.device), batch_size=max(int(x.shape[0]), 1))
+
+    def _predict_with_features(self, x):
+        logits, feats = classifier_pass(self.module, x.to(self.device), batch_size=max(int(x.shape[0]), 1))
+        return self._softmax(logits), feats
 
 
 class CheckpointBlackBox(TorchBlackBox):

@@ -11,7 +11,8 @@ N target samples, Cs source classes, Ct target classes, D feature dims.
   ``BlackBoxModel.supports_features``; one features pass per model), and report the calls (images) spent.
   The top-k is ordered by the estimator alone: ``fuse_scores`` (z(index) + W z(estimator)) was validated against
   that on train models and calib queries and did not beat it by the margin fixed before the run
-  (benchmarks/retrieval_rerank_validation.py), so it is not used.
+  (benchmarks/retrieval_rerank_validation.py), so it is not used; nor is z(LEEP) + z(NCE), which won on one set of
+  validation queries and lost on fresh ones.
 
 Labels may be any integers; only which samples share a label matters, so they are compacted to 0..Ct-1.
 """

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from proxylab.errors import ProxylabError
-from proxylab.retrieval.blackbox import TorchBlackBox
+from proxylab.retrieval.blackbox import BlackBoxModel, TorchBlackBox
 from proxylab.retrieval.index import Hit
 from proxylab.retrieval.rerank import fuse_scores, hscore, leep, logme, logme_details, nce, rerank
 
@@ -279,8 +279,6 @@ def test_logme_rerank_uses_the_models_features_and_counts_calls():
 
 
 def test_logme_rerank_refuses_a_model_without_features_before_any_call():
-    from proxylab.retrieval.blackbox import BlackBoxModel
-
     class ProbsOnly(BlackBoxModel):
         num_classes = 3
         name = "remote"
@@ -333,3 +331,84 @@ def test_features_are_checked():
     assert f.shape == (5, 4) and models[21].calls == 5
     with pytest.raises(ProxylabError, match="images"):
         models[21].features(images[:, :, :16])
+
+
+def test_predict_with_features_is_one_pass_equal_to_the_two_calls():
+    models = _feature_models()
+    images, _ = _query()
+    m = models[21]
+    m.batch_size = 5  # several batches: the pair must be concatenated per answer
+    forwards = []
+    m.module.register_forward_hook(lambda *_: forwards.append(1))
+    probs, feats = m.predict_with_features(images)
+    assert len(forwards) == -(-len(images) // 5) and m.calls == len(images)  # one forward per batch, counted once
+    np.testing.assert_allclose(probs, m.predict_proba(images), rtol=1e-6)
+    np.testing.assert_array_equal(feats, m.features(images))
+    assert probs.dtype == np.float32 and feats.dtype == np.float64
+
+
+def test_predict_with_features_refuses_before_any_call_and_checks_both_answers():
+    class ProbsOnly(BlackBoxModel):
+        num_classes = 3
+
+        def _predict(self, x):
+            return np.full((x.shape[0], 3), 1 / 3, np.float32)
+
+    images, _ = _query()
+    remote = ProbsOnly()
+    with pytest.raises(ProxylabError, match="exposes no features"):
+        remote.predict_with_features(images)
+    assert remote.calls == 0
+
+    class OnePass(ProbsOnly):  # answers both from one pass; the test breaks one answer at a time
+        supports_features = True
+        bad = "probs"
+
+        def _predict_with_features(self, x):
+            probs, feats = self._predict(x), np.ones((x.shape[0], 4))
+            if self.bad == "probs":
+                probs = -probs
+            else:
+                feats[0, 0] = np.nan
+            return probs, feats
+
+    model = OnePass()
+    with pytest.raises(ProxylabError, match="negative probabilities"):
+        model.predict_with_features(images)
+    model.bad = "features"
+    with pytest.raises(ProxylabError, match="NaN or inf features"):
+        model.predict_with_features(images)
+
+
+def test_predict_with_features_without_a_one_pass_answer_counts_both_passes():
+    class TwoCalls(BlackBoxModel):  # features, but no _predict_with_features: the images are sent twice
+        num_classes = 3
+        supports_features = True
+
+        def _predict(self, x):
+            return np.full((x.shape[0], 3), 1 / 3, np.float32)
+
+        def _features(self, x):
+            return x.flatten(1)[:, :4].double().numpy()
+
+    images, _ = _query()
+    model = TwoCalls()
+    probs, feats = model.predict_with_features(images)
+    assert model.calls == 2 * len(images) and probs.shape == (len(images), 3) and feats.shape == (len(images), 4)
+
+
+def test_classifier_pass_outputs_that_do_not_join_are_a_clear_error():
+    from proxylab.retrieval.blackbox import classifier_pass, penultimate_features
+
+    class Squeezed(nn.Module):  # a last batch of one image comes back as [K], which does not stack with [N, K]
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+
+        def forward(self, x):
+            return self.fc(x).squeeze()
+
+    images = torch.from_numpy(_query()[0][:3])
+    with pytest.raises(ProxylabError, match="do not join"):
+        classifier_pass(Squeezed(), images, batch_size=2)
+    assert penultimate_features(Squeezed(), images, batch_size=2).shape == (3, 3 * 32 * 32)  # outputs unused

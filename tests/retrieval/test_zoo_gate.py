@@ -8,6 +8,7 @@ from proxylab.errors import ProxylabError
 from proxylab.nets.train import evaluate
 from proxylab.retrieval.zoo import (GATE_IMAGES, GATE_MAX_ROUNDS, GATE_RATIO, MIN_SOURCE_CLASSES, build_zoo,
                                     build_module, calib_data, load_zoo, plan_model, train_model, write_manifest)
+from tests.retrieval.bench_scripts import load_bench_script
 
 TINY = 64
 
@@ -170,20 +171,7 @@ def test_cli_gate_options(tmp_path, capsys):
 
 
 def _zoo_gate_script():
-    """benchmarks/zoo_gate.py, imported from its file (benchmarks/ is not a package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(bench))  # for its sibling `_results`
-    try:
-        spec = importlib.util.spec_from_file_location("zoo_gate_script", bench / "zoo_gate.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
-    return module
+    return load_bench_script("zoo_gate.py", "zoo_gate_script")
 
 
 def test_zoo_gate_script_counts_against_a_pre_gate_build(tmp_path):
