@@ -46,10 +46,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _overview() -> str:
-    width = max(len(k) for k in _COMMANDS)
-    lines = ["usage: proxylab COMMAND [options]   (proxylab COMMAND --help for a command's options)", "", "commands:"]
-    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in _COMMANDS.items()]
+def _overview(group: Optional[str] = None) -> str:
+    """Every command, or (group) those of one group such as "zoo"."""
+    names = [k for k in _COMMANDS if group is None or k.split()[0] == group]
+    width = max(len(k) for k in names)
+    usage = f"proxylab {group} COMMAND" if group else "proxylab COMMAND"
+    lines = [f"usage: {usage} [options]   (proxylab COMMAND --help for a command's options)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {_COMMANDS[name][1]}" for name in names]
     return "\n".join(lines)
 
 
@@ -138,6 +141,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__version__)
         return 0
     name, rest = _find_command(argv)
+    groups = {k.split()[0] for k in _COMMANDS if " " in k}
+    if name is None and argv[0] in groups and (len(argv) == 1 or argv[1] in ("-h", "--help", "help")):
+        if len(argv) > 1:  # `proxylab zoo --help`: that group's commands
+            print(_overview(argv[0]))
+            return 0
+        print(_overview(argv[0]), file=sys.stderr)
+        print(f"\nerror: 'proxylab {argv[0]}' needs one of the commands above", file=sys.stderr)
+        return 2
     if name is None:
         print(_overview(), file=sys.stderr)
         print(f"\nerror: unknown command '{' '.join(argv[:2])}'", file=sys.stderr)

@@ -82,6 +82,17 @@ def npz_bytes(compressed: bool = False, /, **arrays: Any) -> bytes:
     return buf.getvalue()
 
 
+def _leading_bytes(source, n: int = 8):
+    """The first `n` bytes of a path or bytes (None when they cannot be read here: np.load then says why)."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:n])
+    try:
+        with open(source, "rb") as f:
+            return f.read(n)
+    except (OSError, TypeError):
+        return None
+
+
 def read_npz(source, what: str, hint: str = NPZ_HINT) -> dict:
     """Every array of an .npz (a path, or bytes received over HTTP) as a dict, without pickles.
 
@@ -89,6 +100,10 @@ def read_npz(source, what: str, hint: str = NPZ_HINT) -> dict:
     with ``hint`` (what to do), never the TypeError/BadZipFile/zlib.error numpy and zipfile would let escape."""
     from proxylab.errors import ProxylabError
 
+    head = _leading_bytes(source)
+    if head is not None and not head.startswith((b"PK", b"\x93NUMPY")):  # zip (.npz) or .npy magic
+        # np.load would try such a file as a pickle and say "allow_pickle=...": advice nobody should follow here
+        raise ProxylabError(f"{what} is not an .npz archive (it starts with {head[:8]!r}); {hint}")
     with _NPZ_LOCK:
         try:
             data = np.load(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source,

@@ -36,6 +36,17 @@ def test_unknown_command_exits_2(capsys):
     assert "unknown command" in capsys.readouterr().err
 
 
+def test_a_command_group_lists_its_commands(capsys):
+    assert main(["zoo", "--help"]) == 0
+    text = capsys.readouterr().out
+    listed = text.split("commands:\n", 1)[1].splitlines()
+    assert {line.split("  ")[1].strip() for line in listed} == {k for k in _COMMANDS if k.startswith("zoo ")}
+    assert main(["zoo"]) == 2  # a group alone is not a command: its list, and say so
+    err = capsys.readouterr().err
+    assert "zoo query" in err and "needs one of the commands" in err
+    assert main(["zoo", "frobnicate"]) == 2 and "unknown command 'zoo frobnicate'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", list(_COMMANDS))
 def test_every_command_module_loads_and_parses_help(name):
     with pytest.raises(SystemExit) as exc:

@@ -52,3 +52,26 @@ def test_model_server_answers_400_to_an_npy_body():
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(req, timeout=30)
         assert exc.value.code == 400 and b"numpy.savez" in exc.value.read()
+
+
+def test_a_file_that_is_no_archive_is_named_so_without_pickle_advice(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("just some text\n")
+    for source in (path, path.read_bytes()):
+        with pytest.raises(ProxylabError, match="is not an .npz archive") as err:
+            read_npz(source, "samples file")
+        assert "allow_pickle" not in str(err.value)
+
+
+def test_an_npz_that_is_no_signature_names_the_missing_array(tmp_path):
+    from proxylab.retrieval.signature import Signature
+
+    buf = io.BytesIO()
+    np.savez(buf, images=np.zeros((2, 3)), labels=np.arange(2))
+    with pytest.raises(ProxylabError, match=r"not a proxylab signature \(it has no array 'format'; it has "
+                                            r"\['images', 'labels'\]\)") as err:
+        Signature.from_bytes(buf.getvalue(), "signature file x.npz")
+    assert str(err.value).count("not a proxylab signature") == 1
+    with pytest.raises(ProxylabError) as err:  # not even an archive: said once, not twice
+        Signature.from_bytes(b"hello world", "signature file x.npz")
+    assert str(err.value).count("x.npz") == 1

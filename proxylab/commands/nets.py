@@ -88,6 +88,9 @@ class Train(Command):
         config = {
             "net": args.net, "kwargs": kwargs, "num_classes": ds.num_classes, "in_channels": ds.in_channels,
             "image_size": ds.image_size, "data": args.data, "seed": args.seed, "epochs": args.epochs,
+            # the network takes images normalised with these: whoever feeds it raw [0, 1] pixels (a zoo black box)
+            # puts this normalisation in front (retrieval.blackbox._canonical_checkpoint)
+            "mean": list(ds.mean), "std": list(ds.std),
             "batch_size": args.batch_size, "lr": result["lr"], "weight_decay": args.weight_decay,
             "augment": result["augment"], "limit": args.limit, "train_size": result["train_size"],
             "test_acc": result["test_acc"], "train_loss": result["train_loss"], "train_seconds": result["seconds"],

@@ -3,6 +3,7 @@ proxylab.retrieval (zoo, signature, encoders, index, rerank, evaluate)."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -218,6 +219,9 @@ class ZooAdd(Command):
         enc = _encoders(args.encoders, args.extractor)
         vector = enc.encode_signature(sig)  # every check happens before the index is touched
         folder = Path(args.index)
+        if (folder / "zoo.json").is_file() and not (folder / DB_NAME).is_file():
+            raise ProxylabError(f"'{folder}' is a zoo folder, not an index: add to its index with --index "
+                                f"{folder / 'index'}")
         encoder_id = enc.id
         from proxylab.retrieval.legacy import open_proven
 
@@ -359,9 +363,15 @@ class ZooQuery(Command):
                 row["index_score"] = round(float(m.get("index_score", float("nan"))), 6)
             rows.append(row)
         if not rows:
-            raise ProxylabError("no indexed model matches the filters; loosen --task/--family/--arch/--max-params")
+            raise ProxylabError(_no_match(filters, f"the index at {args.index or 'the shipped default'}"))
         return {"samples": int(len(labels)), "classes": int(len(set(labels.tolist()))),
                 "search_ms": round(search_ms, 2), "model_calls": int(calls), "models": rows}
+
+
+def _no_match(filters, where: str) -> str:
+    if filters:
+        return f"no model in {where} matches the filters; loosen --task/--family/--arch/--max-params"
+    return f"{where} holds no models: add some first (`proxylab zoo add`, or register them with the service)"
 
 
 def _query_server(args: argparse.Namespace) -> Dict[str, Any]:
@@ -387,13 +397,20 @@ def _query_server(args: argparse.Namespace) -> Dict[str, Any]:
         m = r.get("metadata", {})
         row = {"rank": r["rank"], "id": r["id"], "name": m.get("name", ""), "task": m.get("task", ""),
                "arch": m.get("arch", ""), "params": m.get("params", ""), "score": round(float(r["score"]), 6)}
-        if args.rerank:
-            row["rerank_score"] = r.get("rerank_score", "")
+        if args.rerank:  # the columns of a local re-rank: score = the estimator's, index_score beside it
+            row["score"] = round(float(r["rerank_score"]), 6) if "rerank_score" in r else ""
+            row["index_score"] = round(float(r["score"]), 6)
+            row["rerank"] = r.get("rerank", "")  # the estimator, or why the server skipped this model
         rows.append(row)
     if not rows:
-        raise ProxylabError("no model on the server matches the filters; loosen --task/--family/--arch/--max-params")
-    return {"samples": int(len(labels)), "classes": int(len(set(labels.tolist()))), "server": args.server,
-            "search_ms": answer.get("timing_ms", {}), "model_calls": int(answer.get("calls", 0)), "models": rows}
+        raise ProxylabError(_no_match(_filters(args), "the server's index"))
+    out = {"samples": int(len(labels)), "classes": int(len(set(labels.tolist()))), "server": args.server,
+           "search_ms": round(float(answer.get("timing_ms", {}).get("total", math.nan)), 2),
+           "model_calls": int(answer.get("calls", 0)), "models": rows}
+    skipped = [row["rerank"] for row in rows if str(row["rerank"]).startswith("skipped")] if args.rerank else []
+    if skipped and len(skipped) == len(rows):
+        out["note"] = f"no model was re-ranked ({skipped[0]})"
+    return out
 
 
 class ZooEval(Command):

@@ -19,10 +19,12 @@ Adapters: ``TorchBlackBox`` (an in-process ``nn.Module`` mapping canonical image
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.error
 import urllib.request
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, List, Optional
@@ -211,13 +213,27 @@ class BlackBoxModel(ABC):
         return f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, calls={self.calls})"
 
 
+@contextlib.contextmanager
+def forward_errors(what: str):
+    """A network that fails on canonical images (wrong input channels or size, a layer that does not fit) raises
+    deep inside torch; say what it was given and what it must take instead."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ProxylabError(f"{what} failed on canonical images [N, 3, 32, 32] with pixels in [0, 1] ({first}): a "
+                            "model must take 3-channel 32x32 images and normalise them inside itself (a "
+                            "`proxylab train` checkpoint of a 1-channel or 28 px data set cannot: train it on e.g. "
+                            "--data 'digits@32px,3ch')") from None
+
+
 def _infer_num_classes(module) -> int:
     """Width of the module's output on one blank canonical image (white-box setup, not a counted call)."""
     import torch
 
     from proxylab.retrieval.canonical import IMAGE_SHAPE
 
-    with torch.no_grad():
+    with torch.no_grad(), forward_errors(type(module).__name__):
         out = module(torch.zeros((1, *IMAGE_SHAPE)))
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise ProxylabError("the module must map images [N, 3, 32, 32] to logits [N, K]; "
@@ -249,7 +265,7 @@ class TorchBlackBox(BlackBoxModel):
     def _predict(self, x) -> np.ndarray:
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), forward_errors(self.describe()):
             logits = self.module(x.to(self.device))
         return self._softmax(logits)
 
@@ -262,10 +278,12 @@ class TorchBlackBox(BlackBoxModel):
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
     def _features(self, x) -> np.ndarray:
-        return penultimate_features(self.module, x.to(self.device), batch_size=max(int(x.shape[0]), 1))
+        with forward_errors(self.describe()):
+            return penultimate_features(self.module, x.to(self.device), batch_size=max(int(x.shape[0]), 1))
 
     def _predict_with_features(self, x):
-        logits, feats = classifier_pass(self.module, x.to(self.device), batch_size=max(int(x.shape[0]), 1))
+        with forward_errors(self.describe()):
+            logits, feats = classifier_pass(self.module, x.to(self.device), batch_size=max(int(x.shape[0]), 1))
         return self._softmax(logits), feats
 
 
@@ -276,6 +294,10 @@ class CheckpointBlackBox(TorchBlackBox):
     def __init__(self, spec: str, weights=None, num_classes: Optional[int] = None, batch_size: int = 256,
                  name: str = "", device: str = "cpu"):
         path = Path(str(spec))
+        if path.is_dir() and (path.parent.parent / "zoo.json").is_file() and path.parent.name == "models":
+            zoo = path.parent.parent
+            raise ProxylabError(f"'{spec}' is a model of the zoo '{zoo}', not a checkpoint: give it as --zoo {zoo} "
+                                f"--model {path.name} (Python: load_zoo('{zoo}').blackbox(model id))")
         if path.exists():
             from proxylab.nets.checkpoint import load_checkpoint
 
@@ -283,15 +305,45 @@ class CheckpointBlackBox(TorchBlackBox):
                 raise ProxylabError(f"'{spec}' is a checkpoint that holds its own weights; pass weights only with a "
                                     "file.py:factory spec")
             module, config = load_checkpoint(path)
+            module = _canonical_checkpoint(module, config, str(spec))
             if num_classes is None and "num_classes" in config:
                 num_classes = int(config["num_classes"])
         elif ":" in str(spec):
             from proxylab.nets.user import load_user_network
 
+            if weights is None:
+                warnings.warn(f"no weights given for '{spec}': its network is used as the factory returns it "
+                              "(untrained, unless the factory loads weights itself); pass --weights FILE",
+                              stacklevel=2)
             module = load_user_network(str(spec), weights=weights)
         else:
             raise ProxylabError(f"'{spec}' is neither a checkpoint folder nor a path/to/file.py:factory spec")
         super().__init__(module, num_classes=num_classes, batch_size=batch_size, name=name or str(spec), device=device)
+
+
+def _canonical_checkpoint(module, config, spec: str):
+    """A proxylab checkpoint's network, taking canonical images: `proxylab train` trains on images normalised with
+    the train split's per-channel mean/std (recorded in its config; for a checkpoint written before they were,
+    recomputed from its data set and seed), so that normalisation is put in front of the network. A config with
+    neither is a network that takes canonical images itself, as the module doc asks. Wrong input channels or size
+    are refused here, before any image is sent."""
+    from proxylab.retrieval.canonical import IMAGE_SHAPE
+    from proxylab.retrieval.zoo import canonical_net
+
+    channels, size = config.get("in_channels"), config.get("image_size")
+    if (channels is not None and int(channels) != IMAGE_SHAPE[0]) or (size is not None and int(size) != IMAGE_SHAPE[1]):
+        base = str(config.get("data", "DATA")).split("@")[0]
+        raise ProxylabError(f"checkpoint '{spec}' takes {channels}-channel {size} px images, but models are sent "
+                            f"canonical 3-channel 32 px images: retrain it on 3-channel 32 px data (`proxylab "
+                            f"train ... --data '{base}@32px,3ch'`)")
+    if "mean" in config and "std" in config:
+        return canonical_net(module, config["mean"], config["std"])
+    if "data" in config:
+        from proxylab.data import get_dataset
+
+        ds = get_dataset(str(config["data"]), seed=int(config.get("seed", 0)))
+        return canonical_net(module, ds.mean, ds.std)
+    return module
 
 
 def _error_text(body: bytes) -> str:

@@ -470,7 +470,7 @@ def check_query_labels(labels, n: int) -> np.ndarray:
             raise ProxylabError(f"query labels must be integers or strings, got dtype {y.dtype}")
     classes, inverse = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        raise ProxylabError(f"a query needs at least 2 classes, got {len(classes)} ({list(classes)[:3]}); "
+        raise ProxylabError(f"a query needs at least 2 classes, got {len(classes)} ({classes[:3].tolist()}); "
                             "add labelled images of another class")
     if len(classes) > MAX_QUERY_CLASSES:
         # the encoders attend over class pairs: memory grows with C^4, and a service must not be felled by one query

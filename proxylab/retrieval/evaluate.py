@@ -173,7 +173,9 @@ def query_metrics(r: Ranking, kind: str, task: str, model_task: Dict[int, str], 
     from proxylab.metrics import weighted_tau
 
     rel = relevant_ids(kind, task, model_task, acc)
-    require(len(rel) > 0, f"query task '{task}' has no relevant model among the evaluated ones")
+    require(len(rel) > 0, f"query task '{task}' has no relevant model among the evaluated ones: evaluate more models "
+                          "(`zoo eval --all-models`; by default only the zoo's held-out half is evaluated) or pick "
+                          "query tasks the evaluated models were trained on (--tasks)")
     top = max(acc.values())
     best = [i for i, a in acc.items() if a == top]
     lo, hi = min(acc.values()), max(acc.values())

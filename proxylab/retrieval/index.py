@@ -536,7 +536,10 @@ class ModelIndex:
         folder = Path(path)
         db = folder / DB_NAME
         if not db.is_file():
-            raise ProxylabError(f"no model index at '{folder}' (no {DB_NAME}); create one with ModelIndex.create or `proxylab zoo add`")
+            inside = folder / "index" / DB_NAME
+            hint = (f"'{folder}' is a zoo folder: its index is '{folder / 'index'}'" if inside.is_file() else
+                    "create one with `proxylab zoo add` (Python: ModelIndex.create)")
+            raise ProxylabError(f"no model index at '{folder}' (no {DB_NAME}); {hint}")
         try:
             if read_only:
                 conn = sqlite3.connect(f"{db.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
@@ -628,7 +631,7 @@ class ModelIndex:
     def _require(self, model_id: Any) -> int:
         mid = _check_id(model_id)
         if mid not in self._meta:
-            raise UnknownModelError(f"no model with id {mid} in the index ({len(self)} models); list them with idx.list()")
+            raise UnknownModelError(f"no model with id {mid} in the index ({len(self)} models); list them with `proxylab zoo list` (Python: idx.list())")
         return mid
 
     # Reads take the read lock, so a concurrent remove cannot strike between the id check and the read.

@@ -102,8 +102,8 @@ class Signature:
         try:
             # read_npz: pickle refused, and its lock makes np.load safe from the service's concurrent threads
             z = read_npz(bytes(data), where, hint=CAPTURE_HINT)
-        except ProxylabError as exc:  # truncated zip, object arrays: its message already says what to do
-            raise ProxylabError(f"{where} are not a proxylab signature: {exc}") from None
+        except ProxylabError as exc:  # truncated zip, object arrays: its message names `where` and what to do
+            raise ProxylabError(f"not a proxylab signature: {exc}") from None
         return cls.from_arrays(z, where)
 
     @classmethod
@@ -115,8 +115,11 @@ class Signature:
             fields = {k: z[k] for k in ("anchors", "boundary", "pairs")}
             scalars = dict(num_classes=int(z["num_classes"]), calls=int(z["calls"]),
                            extractor=str(z["extractor"]), seed=int(z["seed"]))
-        except Exception as exc:  # noqa: BLE001 - missing key, wrong type: "not a signature"
-            raise ProxylabError(f"{where} are not a proxylab signature ({type(exc).__name__}: {exc}); "
+        except KeyError as exc:
+            raise ProxylabError(f"{where}: not a proxylab signature (it has no array {exc.args[0]!r}; it has "
+                                f"{sorted(z)[:6]}); {CAPTURE_HINT}") from None
+        except Exception as exc:  # noqa: BLE001 - wrong type or value: "not a signature"
+            raise ProxylabError(f"{where}: not a proxylab signature ({type(exc).__name__}: {exc}); "
                                 f"{CAPTURE_HINT}") from None
         for k, v in fields.items():
             if not np.issubdtype(v.dtype, np.number):

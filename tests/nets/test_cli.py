@@ -38,6 +38,7 @@ def test_train_writes_a_checkpoint_that_reloads(tmp_path, capsys):
     ds = get_dataset("digits", seed=1)
     assert evaluate(model, ds.test.x, ds.test.y) == pytest.approx(result["test_acc"], abs=1e-12)
     assert model.conv1.out_channels == 4
+    assert config["mean"] == list(ds.mean) and config["std"] == list(ds.std)  # what raw-pixel callers put in front
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -157,3 +157,56 @@ def test_an_answer_that_must_not_be_quoted_keeps_its_values_out(answer, match):
 def test_text_arrays_are_not_numbers_even_when_they_parse():
     with pytest.raises(ProxylabError, match="not numbers"):
         check_probabilities(np.array([["0.5", "0.5"]]), 1, 2)
+
+
+def test_a_trained_checkpoint_gets_its_normalisation_in_front(tmp_path):
+    """`proxylab train` normalises its images; the black box is sent raw [0, 1] pixels, so the checkpoint's
+    mean/std (recorded, or recomputed from its data set for an older config) go in front of the network."""
+    from proxylab.data import get_dataset
+    from proxylab.nets import create_net, save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_net("resnet20", 6, in_channels=3, image_size=32).eval()
+    mean, std = [0.2, 0.3, 0.4], [0.5, 0.25, 0.125]
+    base = {"net": "resnet20", "num_classes": 6, "in_channels": 3, "image_size": 32}
+    save_checkpoint(tmp_path / "ck", net, {**base, "mean": mean, "std": std})
+    x = _images(2)
+    with torch.no_grad():
+        norm = (torch.from_numpy(x) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        expected = torch.softmax(net(norm), 1).numpy()
+    np.testing.assert_allclose(CheckpointBlackBox(str(tmp_path / "ck")).predict_proba(x), expected, atol=1e-5)
+    # a config from before mean/std were recorded: recomputed from its data set and seed
+    save_checkpoint(tmp_path / "old", net, {**base, "data": "shapes-color", "seed": 0})
+    ds = get_dataset("shapes-color", seed=0)
+    with torch.no_grad():
+        norm = (torch.from_numpy(x) - torch.tensor(ds.mean).view(1, 3, 1, 1)) / torch.tensor(ds.std).view(1, 3, 1, 1)
+        expected = torch.softmax(net(norm), 1).numpy()
+    np.testing.assert_allclose(CheckpointBlackBox(str(tmp_path / "old")).predict_proba(x), expected, atol=1e-5)
+
+
+def test_a_network_that_cannot_take_canonical_images_is_a_clear_error(tmp_path):
+    from proxylab.nets import create_net, save_checkpoint
+
+    gray = create_net("resnet20", 4, in_channels=1, image_size=28)
+    save_checkpoint(tmp_path / "gray", gray, {"net": "resnet20", "num_classes": 4, "in_channels": 1, "image_size": 28,
+                                              "data": "mnist5k"})
+    with pytest.raises(ProxylabError, match=r"1-channel 28 px .* --data 'mnist5k@32px,3ch'"):
+        CheckpointBlackBox(str(tmp_path / "gray"))
+    src = tmp_path / "bad.py"  # a user's network whose first layer does not fit 3 x 32 x 32
+    src.write_text("import torch.nn as nn\n"
+                   "def make():\n"
+                   "    return nn.Sequential(nn.Flatten(), nn.Linear(10, 4))\n")
+    with pytest.raises(ProxylabError, match=r"failed on canonical images \[N, 3, 32, 32\].*mat1 and mat2"), \
+            pytest.warns(UserWarning, match="no weights given"):
+        CheckpointBlackBox(f"{src}:make")
+    with pytest.warns(UserWarning, match="untrained"):
+        bb = CheckpointBlackBox(f"{src}:make", num_classes=4)  # no probe pass at set-up: fails on the first call
+    with pytest.raises(ProxylabError, match="failed on canonical images"):
+        bb.predict_proba(_images(2))
+
+
+def test_a_zoo_model_folder_is_pointed_to_the_zoo(tmp_path):
+    (tmp_path / "zoo" / "models" / "0001-a").mkdir(parents=True)
+    (tmp_path / "zoo" / "zoo.json").write_text("{}")
+    with pytest.raises(ProxylabError, match=r"is a model of the zoo .*--model 0001-a"):
+        CheckpointBlackBox(str(tmp_path / "zoo" / "models" / "0001-a"))

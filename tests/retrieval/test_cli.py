@@ -90,6 +90,24 @@ def test_signature_add_query_rerank_remove(zoo_dir, encoder_files, tmp_path, cap
         assert out["id"] == i and out["models"] == i + 1
     code, rows, _ = run(capsys, "zoo", "list", "--index", str(index), "--arch", "resnet20")
     assert [r["id"] for r in rows] == [0, 1]
+    # the zoo folder given where its index belongs: refused, nothing written there
+    code, _, err = run(capsys, "zoo", "add", "--index", str(zoo_dir), "--signature", str(sig), "--name", "x",
+                       "--task", "t", "--family", "f", "--arch", "a", "--params", "1", "--encoders", enc_path,
+                       "--extractor", fx_path)
+    assert code == 2 and f"is a zoo folder, not an index: add to its index with --index {zoo_dir / 'index'}" in err
+    assert not (zoo_dir / "models.sqlite").exists()
+    # an index with no models, no filters: said so, not blamed on filters
+    empty = tmp_path / "empty"
+    code, _, err = run(capsys, "zoo", "add", "--index", str(empty), "--signature", str(sig), "--name", "x",
+                       "--task", "t", "--family", "f", "--arch", "a", "--params", "1", "--id", "7",
+                       "--encoders", enc_path, "--extractor", fx_path)
+    assert code == 0, err
+    assert run(capsys, "zoo", "remove", "--index", str(empty), "--id", "7")[0] == 0
+    code, _, err = run(capsys, "zoo", "query", "--index", str(empty), "--samples", samples_file(tmp_path / "e.npz"),
+                       "--encoders", enc_path, "--extractor", fx_path)
+    assert code == 2 and "holds no models" in err and "loosen" not in err
+    code, _, err = run(capsys, "zoo", "remove", "--index", str(empty), "--id", "7")
+    assert code == 2 and "proxylab zoo list" in err
 
     samples = samples_file(tmp_path / "q.npz")
     code, out, err = run(capsys, "zoo", "query", "--index", str(index), "--samples", samples, "--k", "2",
@@ -175,6 +193,15 @@ def test_bad_arguments_are_clear_errors(zoo_dir, tmp_path, capsys):
     assert code == 2 and "--rerank logme needs the models' features" in err and "leep or nce" in err
     code, _, err = run(capsys, "zoo", "list", "--index", str(tmp_path))
     assert code == 2 and "no model index" in err
+    fake = tmp_path / "myzoo"  # a zoo folder given as --index: pointed to its index
+    (fake / "index").mkdir(parents=True)
+    (fake / "index" / "models.sqlite").write_bytes(b"")
+    code, _, err = run(capsys, "zoo", "list", "--index", str(fake))
+    assert code == 2 and f"its index is '{fake / 'index'}'" in err
+    one_class = tmp_path / "one.npz"
+    np.savez(one_class, images=np.zeros((3, 3, 32, 32), np.float32), labels=np.zeros(3, np.int64))
+    code, _, err = run(capsys, "zoo", "query", "--samples", str(one_class))
+    assert code == 2 and "got 1 ([0])" in err  # plain numbers, no numpy repr
     code, _, err = run(capsys, "zoo", "serve-model", "--zoo", str(zoo_dir), "--model", "5")
     assert code == 2 and "no model with id 5" in err
     code, _, err = run(capsys, "zoo", "build", "--out", str(zoo_dir), "--n-models", "2", "--seed", "3",

@@ -183,24 +183,52 @@ def test_client_raises_the_server_message(server):
     assert err.value.status == 422 and str(ENC_DIM) in str(err.value)
 
 
-def test_zoo_query_cli_asks_the_server(server, zoo, encoders, tmp_path, capsys):
-    """`proxylab zoo query --server URL`: the service encodes the samples and ranks like a local brute force."""
+def _query_file(tmp_path):
+    """(images, labels, path of their .npz): a 3-class query the CLI tests send."""
+    images, labels = samples(n_per_class=3, classes=3, seed=7)
+    path = tmp_path / "q.npz"
+    np.savez(path, images=images, labels=labels)
+    return images, labels, path
+
+
+def _cli_json(capsys, *argv):
     import json
 
     from proxylab.cli import main
 
+    assert main([*argv, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_zoo_query_cli_asks_the_server(server, zoo, encoders, tmp_path, capsys):
+    """`proxylab zoo query --server URL`: the service encodes the samples and ranks like a local brute force."""
+    from proxylab.cli import main
+
     client, models = zoo
-    images, labels = samples(n_per_class=3, classes=3, seed=7)
-    path = tmp_path / "q.npz"
-    np.savez(path, images=images, labels=labels)
-    assert main(["zoo", "query", "--samples", str(path), "--server", server.url, "--k", "3", "--task", "digits",
-                 "--format", "json"]) == 0
-    answer = json.loads(capsys.readouterr().out)
+    images, labels, path = _query_file(tmp_path)
+    answer = _cli_json(capsys, "zoo", "query", "--samples", str(path), "--server", server.url, "--k", "3",
+                       "--task", "digits")
     q = encoders.encode_query(images, labels)  # encoded here, searched there: vector queries match brute force
     expect = client.query(vector=q, k=3, filters={"task": "digits"})["results"]
     assert [m["id"] for m in answer["models"]] == [r["id"] for r in expect] and len(expect) == 3
     assert main(["zoo", "query", "--samples", str(path), "--server", server.url, "--index", str(tmp_path)]) == 2
     assert "--index" in capsys.readouterr().err
+
+
+def test_zoo_query_cli_server_rerank_says_why_nothing_was_reranked(server, zoo, tmp_path, capsys):
+    """Models registered by signature have no URL to run: the CLI shows the server's reason, not a silent 0 calls,
+    and its columns mean what a local re-rank's do (score = the estimator's, index_score beside it)."""
+    from proxylab.cli import main
+
+    _, _, path = _query_file(tmp_path)
+    answer = _cli_json(capsys, "zoo", "query", "--samples", str(path), "--server", server.url, "--k", "3",
+                       "--rerank", "leep")
+    assert answer["model_calls"] == 0 and isinstance(answer["search_ms"], float) and answer["search_ms"] > 0
+    assert "registered without a URL" in answer["note"]
+    for row in answer["models"]:
+        assert row["score"] == "" and isinstance(row["index_score"], float) and row["rerank"].startswith("skipped")
+    assert main(["zoo", "query", "--samples", str(path), "--server", server.url, "--task", "nosuchtask"]) == 2
+    assert "no model in the server's index matches the filters" in capsys.readouterr().err
 
 
 def test_lone_surrogate_in_a_filter_key_is_a_422_not_a_500(server, zoo):
