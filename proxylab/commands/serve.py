@@ -158,6 +158,27 @@ def _warm(store) -> None:
         pass
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Bind and release host:port the way uvicorn will, so a port in use is one clear line and exit 2 (uvicorn
+    would log its own error and exit 3)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ProxylabError(f"--port must lie in 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ProxylabError(f"--host {host!r} is not an address this machine can bind ({e})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise ProxylabError(f"cannot listen on {host}:{port} ({e.strerror or e}): another server holds it; "
+                                "stop it or pick another --port") from None
+
+
 class Serve(Command):
     help = "run the model-zoo query service (HTTP)"
 
@@ -236,10 +257,11 @@ class Serve(Command):
         return app
 
     def run(self, args: argparse.Namespace) -> Any:
-        app = self.build_app(args)
+        app = self.build_app(args)  # every check of the arguments and the index first
         import uvicorn
 
         try:
+            _check_port_free(args.host, args.port)
             uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1,
                         timeout_graceful_shutdown=10)
         finally:

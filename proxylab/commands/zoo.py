@@ -383,7 +383,8 @@ def _query_server(args: argparse.Namespace) -> Dict[str, Any]:
     clashing = [f for f, v in (("--index", args.index), ("--zoo", args.zoo), ("--encoders", args.encoders),
                                ("--extractor", args.extractor)) if v]
     if clashing:
-        raise ProxylabError(f"{', '.join(clashing)} describe a local index; with --server the service uses its own")
+        raise ProxylabError(f"{', '.join(clashing)}: only for a local index or zoo; with --server the service uses "
+                            "its own")
     if args.rerank == "logme":
         raise ProxylabError("--rerank logme needs the models' features, which the service's model servers do not "
                             "give: with --server re-rank with leep or nce (or query a local index with --zoo)")

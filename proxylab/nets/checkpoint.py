@@ -103,7 +103,10 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise ProxylabError(f"weights file '{path}' does not exist") from None
     except Exception as e:  # unpickling refusals and corrupt files arrive as many exception types
-        raise ProxylabError(f"cannot load weights '{path}' as a plain PyTorch state_dict ({type(e).__name__}: {e})") from None
+        # torch's own text can run to a dozen lines of advice (weights_only, allowlists): its first line says enough
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ProxylabError(f"cannot load weights '{path}' as a plain PyTorch state_dict ({type(e).__name__}: "
+                            f"{first}); save one with torch.save(model.state_dict(), path)") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -306,3 +306,32 @@ def test_bad_path_and_query_parameters_are_422(server):
     error(http.get("/v1/models", params={"limit": 0}), 422)
     error(http.get("/v1/models", params={"params_min": "x"}), 422)
     assert "above" in error(http.get("/v1/models", params={"params_min": 5, "params_max": 1}), 422)
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "proxylab.cli", "serve", "--index", str(tmp_path / "i"), "--dim",
+                              "4", "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr and "ERROR:" not in out.stderr
+
+
+def test_the_client_says_how_to_pass_a_token_and_wants_a_scheme(server):
+    from proxylab.errors import ProxylabError
+    from proxylab.service import Client
+    from proxylab.service.client import ServiceError
+
+    srv, _ = server
+    with Client(srv.url) as anonymous:
+        with pytest.raises(ServiceError, match=r"answered 401: .*--token or \$PROXYLAB_TOKEN") as err:
+            anonymous.delete(srv.model_id)
+    assert err.value.status == 401
+    with pytest.raises(ProxylabError, match="must start with http:// or https://"):
+        Client(srv.url.split("://", 1)[1])
