@@ -77,6 +77,8 @@ def _load(name: str):
 
 
 def _fmt(v: Any) -> str:
+    if v is None:  # no value (JSON null): a dash in a table
+        return "-"
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"

@@ -86,6 +86,8 @@ def _leading_bytes(source, n: int = 8):
     """The first `n` bytes of a path or bytes (None when they cannot be read here: np.load then says why)."""
     if isinstance(source, (bytes, bytearray)):
         return bytes(source[:n])
+    if not isinstance(source, (str, os.PathLike)):  # a file object or descriptor: np.load reads it as it is
+        return None
     try:
         with open(source, "rb") as f:
             return f.read(n)

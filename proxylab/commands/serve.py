@@ -161,6 +161,7 @@ def _warm(store) -> None:
 def _check_port_free(host: str, port: int) -> None:
     """Bind and release host:port the way uvicorn will, so a port in use is one clear line and exit 2 (uvicorn
     would log its own error and exit 3)."""
+    import errno
     import socket
 
     if not 0 <= port <= 65535:
@@ -172,11 +173,14 @@ def _check_port_free(host: str, port: int) -> None:
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # as asyncio's server (uvicorn) binds it: IPv6 only
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             sock.bind(address)
         except OSError as e:
-            raise ProxylabError(f"cannot listen on {host}:{port} ({e.strerror or e}): another server holds it; "
-                                "stop it or pick another --port") from None
+            why = ("another server holds it; stop it or pick another --port" if e.errno == errno.EADDRINUSE else
+                   "check --host and --port (ports below 1024 need privileges)")
+            raise ProxylabError(f"cannot listen on {host}:{port} ({e.strerror or e}): {why}") from None
 
 
 class Serve(Command):

@@ -363,14 +363,14 @@ class ZooQuery(Command):
                 row["index_score"] = round(float(m.get("index_score", float("nan"))), 6)
             rows.append(row)
         if not rows:
-            raise ProxylabError(_no_match(filters, f"the index at {args.index or 'the shipped default'}"))
+            raise ProxylabError(_no_match(filters, f"the index at {args.index}" if args.index else "the shipped index"))
         return {"samples": int(len(labels)), "classes": int(len(set(labels.tolist()))),
                 "search_ms": round(search_ms, 2), "model_calls": int(calls), "models": rows}
 
 
 def _no_match(filters, where: str) -> str:
     if filters:
-        return f"no model in {where} matches the filters; loosen --task/--family/--arch/--max-params"
+        return f"no model in {where} matches the filters; loosen --task/--family/--arch/--min-params/--max-params"
     return f"{where} holds no models: add some first (`proxylab zoo add`, or register them with the service)"
 
 
@@ -393,24 +393,25 @@ def _query_server(args: argparse.Namespace) -> Dict[str, Any]:
     with Client(args.server, token=token) as client:
         answer = client.query(images, labels, k=args.k, filters=_filters(args) or None,
                               rerank=bool(args.rerank), method=args.rerank or "leep")
+    timing = answer.get("timing_ms", {})  # encode + search, as the local search_ms (not upload or re-rank time)
     rows = []
     for r in answer["results"]:
         m = r.get("metadata", {})
         row = {"rank": r["rank"], "id": r["id"], "name": m.get("name", ""), "task": m.get("task", ""),
                "arch": m.get("arch", ""), "params": m.get("params", ""), "score": round(float(r["score"]), 6)}
         if args.rerank:  # the columns of a local re-rank: score = the estimator's, index_score beside it
-            row["score"] = round(float(r["rerank_score"]), 6) if "rerank_score" in r else ""
+            row["score"] = round(float(r["rerank_score"]), 6) if "rerank_score" in r else None
             row["index_score"] = round(float(r["score"]), 6)
             row["rerank"] = r.get("rerank", "")  # the estimator, or why the server skipped this model
         rows.append(row)
     if not rows:
         raise ProxylabError(_no_match(_filters(args), "the server's index"))
     out = {"samples": int(len(labels)), "classes": int(len(set(labels.tolist()))), "server": args.server,
-           "search_ms": round(float(answer.get("timing_ms", {}).get("total", math.nan)), 2),
+           "search_ms": round(sum(float(timing.get(k, math.nan)) for k in ("encode", "search")), 2),
            "model_calls": int(answer.get("calls", 0)), "models": rows}
-    skipped = [row["rerank"] for row in rows if str(row["rerank"]).startswith("skipped")] if args.rerank else []
-    if skipped and len(skipped) == len(rows):
-        out["note"] = f"no model was re-ranked ({skipped[0]})"
+    if args.rerank and all(row["score"] is None for row in rows):
+        reasons = sorted({str(row["rerank"]) for row in rows})
+        out["note"] = f"no model was re-ranked ({'; '.join(reasons)})"
     return out
 
 

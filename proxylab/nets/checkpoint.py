@@ -105,8 +105,9 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     except Exception as e:  # unpickling refusals and corrupt files arrive as many exception types
         # torch's own text can run to a dozen lines of advice (weights_only, allowlists): its first line says enough
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ProxylabError(f"cannot load weights '{path}' as a plain PyTorch state_dict ({type(e).__name__}: "
-                            f"{first}); save one with torch.save(model.state_dict(), path)") from None
+        raise ProxylabError(f"cannot load weights '{path}' as a plain PyTorch state_dict ({type(e).__name__}"
+                            f"{': ' + first if first else ''}); save one with torch.save(model.state_dict(), path)"
+                            ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -216,15 +216,28 @@ class BlackBoxModel(ABC):
 @contextlib.contextmanager
 def forward_errors(what: str):
     """A network that fails on canonical images (wrong input channels or size, a layer that does not fit) raises
-    deep inside torch; say what it was given and what it must take instead."""
+    deep inside torch; say what it was given and what it must take instead (ModelForwardError, chained to the
+    original). proxylab's own errors and running out of memory pass through unchanged."""
+    import torch
+
+    oom = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                if isinstance(t, type))
     try:
         yield
+    except ProxylabError:
+        raise
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        if oom and isinstance(e, oom):
+            raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ProxylabError(f"{what} failed on canonical images [N, 3, 32, 32] with pixels in [0, 1] ({first}): a "
-                            "model must take 3-channel 32x32 images and normalise them inside itself (a "
-                            "`proxylab train` checkpoint of a 1-channel or 28 px data set cannot: train it on e.g. "
-                            "--data 'digits@32px,3ch')") from None
+        raise ModelForwardError(f"{what} failed on canonical images [N, 3, 32, 32] with pixels in [0, 1] ({first}): "
+                                "a model must take 3-channel 32x32 images and normalise them inside itself (a "
+                                "`proxylab train` checkpoint of a 1-channel or 28 px data set cannot: train it on "
+                                "e.g. --data 'digits@32px,3ch')") from e
+
+
+class ModelForwardError(ProxylabError):
+    """The model's own forward pass failed on valid canonical images (a model server answers 500, not 400)."""
 
 
 def _infer_num_classes(module) -> int:
@@ -324,9 +337,9 @@ class CheckpointBlackBox(TorchBlackBox):
 def _canonical_checkpoint(module, config, spec: str):
     """A proxylab checkpoint's network, taking canonical images: `proxylab train` trains on images normalised with
     the train split's per-channel mean/std (recorded in its config; for a checkpoint written before they were,
-    recomputed from its data set and seed), so that normalisation is put in front of the network. A config with
-    neither is a network that takes canonical images itself, as the module doc asks. Wrong input channels or size
-    are refused here, before any image is sent."""
+    recomputed from its data set and seed), so that normalisation is put in front of the network. A `factory`
+    config, or one with neither, is a network that takes canonical images itself, as the class doc asks. Wrong
+    input channels or size are refused here, before any image is sent."""
     from proxylab.retrieval.canonical import IMAGE_SHAPE
     from proxylab.retrieval.zoo import canonical_net
 
@@ -336,6 +349,8 @@ def _canonical_checkpoint(module, config, spec: str):
         raise ProxylabError(f"checkpoint '{spec}' takes {channels}-channel {size} px images, but models are sent "
                             f"canonical 3-channel 32 px images: retrain it on 3-channel 32 px data (`proxylab "
                             f"train ... --data '{base}@32px,3ch'`)")
+    if "factory" in config:  # a user's network: it takes canonical images itself (the class doc)
+        return module
     if "mean" in config and "std" in config:
         return canonical_net(module, config["mean"], config["std"])
     if "data" in config:

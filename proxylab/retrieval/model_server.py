@@ -16,6 +16,7 @@ import numpy as np
 from proxylab.errors import ProxylabError
 from proxylab.utils import npz_bytes, read_npz
 from proxylab.retrieval.canonical import IMAGE_SHAPE
+from proxylab.retrieval.blackbox import ModelForwardError
 
 # 4096 canonical images in float32 are 48 MiB; a bigger body is refused before it is read.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -74,6 +75,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             probs = self.server.model.predict_proba(images)
+        except ModelForwardError as e:  # valid images, the model's own pass failed: a server error
+            self._json(500, {"error": f"the model failed: {e}"})
+            return
         except ProxylabError as e:
             self._json(400, {"error": str(e)})
             return

@@ -38,10 +38,11 @@ class Client:
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 120.0):
         import httpx
 
-        if not str(url).startswith(("http://", "https://")):
+        if not str(url).lower().startswith(("http://", "https://")):
             raise ProxylabError(f"the service URL must start with http:// or https://, got {url!r} (e.g. "
                                 "http://127.0.0.1:8000)")
         self.url = url.rstrip("/")
+        self._token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -59,7 +60,7 @@ class Client:
                 message = response.json().get("error") or response.text
             except (ValueError, AttributeError):
                 message = response.text[:500] or response.reason_phrase
-            if response.status_code == 401:  # the server cannot know how this caller passes tokens
+            if response.status_code == 401 and not self._token:  # the server cannot know how tokens are passed
                 message = f"{message} (pass a token: --token or $PROXYLAB_TOKEN; Python: Client(url, token=...))"
             raise ServiceError(response.status_code, message)
         if response.headers.get("content-type", "").startswith("application/json"):

@@ -184,6 +184,24 @@ def test_a_trained_checkpoint_gets_its_normalisation_in_front(tmp_path):
     np.testing.assert_allclose(CheckpointBlackBox(str(tmp_path / "old")).predict_proba(x), expected, atol=1e-5)
 
 
+def test_a_factory_checkpoint_is_taken_as_it_is(tmp_path):
+    """A `factory` config names a user's network, which takes canonical images itself: never normalised again,
+    even when its config names a data set."""
+    from proxylab.nets import save_checkpoint
+
+    src = tmp_path / "mynet.py"
+    src.write_text("import torch.nn as nn\n"
+                   "def make():\n"
+                   "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))\n")
+    torch.manual_seed(4)
+    ref = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))
+    save_checkpoint(tmp_path / "ck", ref, {"factory": f"{src}:make", "data": "shapes-color", "num_classes": 5})
+    x = _images(2)
+    with torch.no_grad():
+        expected = torch.softmax(ref(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(CheckpointBlackBox(str(tmp_path / "ck")).predict_proba(x), expected, atol=1e-6)
+
+
 def test_a_network_that_cannot_take_canonical_images_is_a_clear_error(tmp_path):
     from proxylab.nets import create_net, save_checkpoint
 

@@ -195,3 +195,22 @@ def test_oversized_body_is_refused_unread(served, monkeypatch):
     np.savez(buf, images=_images(2))
     code, body = _post(server.url + "/predict", buf.getvalue())
     assert code == 413 and "exceeds" in json.loads(body)["error"] and local.calls == 0
+
+
+def test_a_model_that_fails_on_valid_images_is_a_500_not_the_clients_fault():
+    from proxylab.utils import npz_bytes
+
+    class Flaky(nn.Module):  # fine for the one-image set-up probe, fails on a real batch
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Sequential(nn.Flatten(), nn.Linear(3072, 3))
+
+        def forward(self, x):
+            if x.shape[0] > 1:
+                raise RuntimeError("out of something")
+            return self.fc(x)
+
+    with serve_model(TorchBlackBox(Flaky())) as server:
+        status, body = _post(server.url + "/predict", npz_bytes(images=_images(2)))
+    assert status == 500
+    assert "the model failed" in json.loads(body)["error"] and "out of something" in json.loads(body)["error"]

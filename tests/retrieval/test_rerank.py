@@ -313,8 +313,10 @@ def test_features_need_the_classifier_to_run():
     model = TorchBlackBox(AuxHead())
     images, _ = _query()
     assert model.supports_features
-    with pytest.raises(ProxylabError, match="never called"):
-        model.features(images)
+    for ask in (model.features, model.predict_with_features):
+        with pytest.raises(ProxylabError, match="never called") as err:
+            ask(images)
+        assert "failed on canonical images" not in str(err.value)  # proxylab's own reason, not the generic one
 
 
 def test_features_are_checked():

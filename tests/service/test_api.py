@@ -226,7 +226,7 @@ def test_zoo_query_cli_server_rerank_says_why_nothing_was_reranked(server, zoo, 
     assert answer["model_calls"] == 0 and isinstance(answer["search_ms"], float) and answer["search_ms"] > 0
     assert "registered without a URL" in answer["note"]
     for row in answer["models"]:
-        assert row["score"] == "" and isinstance(row["index_score"], float) and row["rerank"].startswith("skipped")
+        assert row["score"] is None and isinstance(row["index_score"], float) and row["rerank"].startswith("skipped")
     assert main(["zoo", "query", "--samples", str(path), "--server", server.url, "--task", "nosuchtask"]) == 2
     assert "no model in the server's index matches the filters" in capsys.readouterr().err
 

@@ -333,5 +333,9 @@ def test_the_client_says_how_to_pass_a_token_and_wants_a_scheme(server):
         with pytest.raises(ServiceError, match=r"answered 401: .*--token or \$PROXYLAB_TOKEN") as err:
             anonymous.delete(srv.model_id)
     assert err.value.status == 401
+    with Client(srv.url, token="wrong-token-0000000000") as wrong:  # a token was passed: only the server's reason
+        with pytest.raises(ServiceError, match="not valid") as err:
+            wrong.delete(srv.model_id)
+    assert "--token" not in str(err.value)
     with pytest.raises(ProxylabError, match="must start with http:// or https://"):
         Client(srv.url.split("://", 1)[1])
