@@ -104,15 +104,20 @@ def test_non_module_is_refused():
         TorchBlackBox(lambda x: x)
 
 
-def test_checkpoint_blackbox_from_user_factory_and_weights(tmp_path):
+def _user_factory(tmp_path, seed):
+    """(spec of a file.py:factory making a 5-class linear network, that network with seeded weights)."""
     src = tmp_path / "mynet.py"
     src.write_text("import torch.nn as nn\n"
                    "def make():\n"
                    "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))\n")
-    torch.manual_seed(3)
-    ref = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))
+    torch.manual_seed(seed)
+    return f"{src}:make", nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))
+
+
+def test_checkpoint_blackbox_from_user_factory_and_weights(tmp_path):
+    spec, ref = _user_factory(tmp_path, 3)
     torch.save(ref.state_dict(), tmp_path / "w.pt")
-    bb = CheckpointBlackBox(f"{src}:make", weights=tmp_path / "w.pt")
+    bb = CheckpointBlackBox(spec, weights=tmp_path / "w.pt")
     x = _images(3)
     with torch.no_grad():
         expected = torch.softmax(ref(torch.from_numpy(x)), 1).numpy()
@@ -189,13 +194,8 @@ def test_a_factory_checkpoint_is_taken_as_it_is(tmp_path):
     even when its config names a data set."""
     from proxylab.nets import save_checkpoint
 
-    src = tmp_path / "mynet.py"
-    src.write_text("import torch.nn as nn\n"
-                   "def make():\n"
-                   "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))\n")
-    torch.manual_seed(4)
-    ref = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 5))
-    save_checkpoint(tmp_path / "ck", ref, {"factory": f"{src}:make", "data": "shapes-color", "num_classes": 5})
+    spec, ref = _user_factory(tmp_path, 4)
+    save_checkpoint(tmp_path / "ck", ref, {"factory": spec, "data": "shapes-color", "num_classes": 5})
     x = _images(2)
     with torch.no_grad():
         expected = torch.softmax(ref(torch.from_numpy(x)), 1).numpy()
