@@ -7,7 +7,7 @@ pooled over both directions, direction "all") and _queries.csv (the index's row 
 
 Why:
 - Re-rank order (methods leep, nce; column fuse_weight). The re-rank stage orders the index's top k by LEEP (or
-  NCE) alone, which throws away what the index knew about those k models. ``rerank.fuse_scores`` keeps both:
+  NCE) alone, which throws away what the index knew about those k models. ``fuse_scores`` (below) keeps both:
   z(index score) + W * z(LEEP) over the k candidates (W = inf is LEEP alone, the shipped behaviour). The rule
   written before the run: adopt the W with the lowest mean of same-task and transfer regret only if it beats
   W = inf by >= 0.005 without a higher same-task regret. Result: W = 2 by 0.0008, so LEEP alone stays. (With
@@ -58,6 +58,7 @@ Protocol (that of ``train_encoders.validation_report``, cross-fit):
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -102,12 +103,48 @@ def direction_encoders(zoo_dir, zoo, fit, tasks, fx):
     return with_kernel(ens, KernelMap(ens.feature_dim), learned_weight=SHIPPED_LEARNED_WEIGHT)
 
 
+def gate_ratio(row) -> float:
+    """A model's accuracy on its own task's calib split / chance (its manifest gate_acc: black-box, measured once
+    at build)."""
+    return float(row["gate_acc"]) * int(row["num_classes"])
+
+
+def zscore(v) -> np.ndarray:
+    """(v - mean) / sd, all zeros when v is constant (a constant score says nothing)."""
+    v = np.asarray(v, dtype=np.float64)
+    sd = v.std()
+    return (v - v.mean()) / sd if sd > 0 else np.zeros_like(v)
+
+
+def fuse_scores(index_scores, rerank_scores, weight: float) -> np.ndarray:
+    """Scores of the re-ranked candidates that keep the first stage's evidence: z(index) + weight * z(re-rank),
+    each standardised over the candidates (a score constant over them contributes 0), so neither scale matters.
+    `weight` = inf: the re-rank scores alone (ordering the top-k by the estimator only). Validated here and not
+    adopted, so it lives in this script, not in proxylab.retrieval.rerank."""
+    from proxylab.errors import ProxylabError
+
+    a = np.asarray(index_scores, dtype=np.float64)
+    b = np.asarray(rerank_scores, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ProxylabError(f"index and re-rank scores must be 1-D and aligned, got shapes {list(a.shape)} and "
+                            f"{list(b.shape)}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ProxylabError("index or re-rank scores hold NaN or inf")
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        w = math.nan
+    if isinstance(weight, bool) or not w >= 0:
+        raise ProxylabError(f"fuse weight must be a number >= 0 (inf: the re-rank score alone), got {weight!r}")
+    if np.isinf(w) or a.size == 0:
+        return b.copy()
+    return zscore(a) + w * zscore(b)
+
+
 def ranked(ids: List[int], index: Dict[int, float], first: Dict[int, float], second: Dict[int, float], k: int,
            weight: float) -> List[int]:
     """The two-stage order's head: the index's top k (ties by id; validation only needs the top-1) ordered by
-    z(first) + weight * z(second) over those k (``rerank.fuse_scores``)."""
-    from proxylab.retrieval.rerank import fuse_scores
-
+    z(first) + weight * z(second) over those k (``fuse_scores``)."""
     top = sorted(ids, key=lambda i: (-index[i], i))[:k]
     fused = fuse_scores([first[i] for i in top], [second[i] for i in top], weight)
     return [top[n] for n in sorted(range(len(top)), key=lambda n: (-fused[n], n))]
@@ -137,9 +174,7 @@ def hedged(order: List[int], quality: Dict[int, float], places: int, window: int
 
 
 def zscored(values: Dict[int, float]) -> Dict[int, float]:
-    v = np.array(list(values.values()), dtype=np.float64)
-    sd = v.std() or 1.0
-    return {i: (x - v.mean()) / sd for i, x in values.items()}
+    return dict(zip(values, zscore(list(values.values()))))
 
 
 def main(argv=None) -> None:
@@ -169,7 +204,7 @@ def main(argv=None) -> None:
     arch = {i: zoo.get(i)["arch"] for i in tasks}
     require(all(zoo.get(i)["gate_acc"] is not None for i in tasks),
             f"zoo {args.zoo} records no gate_acc (built before the quality gate): rebuild it, or drop the gate prior")
-    gate = {i: float(zoo.get(i)["gate_acc"]) * int(zoo.get(i)["num_classes"]) for i in tasks}
+    gate = {i: gate_ratio(zoo.get(i)) for i in tasks}
     passed = {i: zoo.get(i)["gate_passed"] is not False for i in tasks}
     specs = calib_queries(set(tasks.values()), [int(x) for x in args.seeds.split(",")])
     print(f"oracle truth: {len(specs)} calib queries x {len(tasks)} models (cached in {args.zoo}/oracle)", flush=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from _results import write_csv
-from retrieval_rerank_validation import calib_queries
+from retrieval_rerank_validation import calib_queries, gate_ratio
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["query_task", "models", "rho_shift_sensitivity", "rho_gate_ratio", "rho_log_params"]
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         p0 = box.predict_proba(scenes)
         quantity["shift_sensitivity"][i] = float(np.mean([0.5 * np.abs(box.predict_proba(x) - p0).sum(1).mean()
                                                           for x in shifted]))
-        quantity["gate_ratio"][i] = float(rows[i]["gate_acc"]) * int(rows[i]["num_classes"])
+        quantity["gate_ratio"][i] = gate_ratio(rows[i])
         quantity["log_params"][i] = float(np.log(int(rows[i]["params"])))
     # exactly the validation script's default calib queries (the oracle cache may hold other draws too)
     keys = {q.key for q in calib_queries({r["task"] for r in rows.values()})}

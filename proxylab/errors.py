@@ -19,6 +19,13 @@ class MissingDependencyError(ProxylabError):
         self.install = install
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first non-empty line of an exception's text (torch's can run to a dozen lines of advice), else
+    `default`: what a one-line user-facing message quotes of a library's error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else default
+
+
 def require(condition: bool, message: str) -> None:
     """Raise ProxylabError(message) unless condition holds (validation one-liner)."""
     if not condition:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from proxylab.bench import format as fmt
-from proxylab.errors import ProxylabError
+from proxylab.errors import ProxylabError, first_line
 from proxylab.utils import atomic_write_bytes
 
 WEIGHT_DTYPES = ("float32", "float16")
@@ -68,7 +68,7 @@ def load_weights_into(model, path: Path, data: Optional[bytes] = None) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ProxylabError(f"{path} does not fit the network recorded in meta.json: {str(e).splitlines()[0]}") from None
+        raise ProxylabError(f"{path} does not fit the network recorded in meta.json: {first_line(e)}") from None
 
 
 def build_network(network: Dict[str, Any]):

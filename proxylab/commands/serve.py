@@ -160,12 +160,10 @@ def _warm(store) -> None:
 
 def _check_port_free(host: str, port: int) -> None:
     """Bind and release host:port the way uvicorn will, so a port in use is one clear line and exit 2 (uvicorn
-    would log its own error and exit 3)."""
+    would log its own error and exit 3). Called after build_app, which has checked the port's range."""
     import errno
     import socket
 
-    if not 0 <= port <= 65535:
-        raise ProxylabError(f"--port must lie in 0..65535, got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:

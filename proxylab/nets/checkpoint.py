@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from proxylab.errors import ProxylabError
+from proxylab.errors import ProxylabError, first_line
 from proxylab.utils import PathLike, atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 
 WEIGHTS_NAME = "weights.pt"
@@ -103,8 +103,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise ProxylabError(f"weights file '{path}' does not exist") from None
     except Exception as e:  # unpickling refusals and corrupt files arrive as many exception types
-        # torch's own text can run to a dozen lines of advice (weights_only, allowlists): its first line says enough
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)  # torch's own text runs to a dozen lines of advice (weights_only, allowlists)
         raise ProxylabError(f"cannot load weights '{path}' as a plain PyTorch state_dict ({type(e).__name__}"
                             f"{': ' + first if first else ''}); save one with torch.save(model.state_dict(), path)"
                             ) from None

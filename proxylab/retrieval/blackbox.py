@@ -31,7 +31,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from proxylab.errors import ProxylabError
+from proxylab.errors import ProxylabError, first_line
 from proxylab.utils import npz_bytes, read_npz
 from proxylab.retrieval.canonical import check_images
 
@@ -229,8 +229,8 @@ def forward_errors(what: str):
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         if oom and isinstance(e, oom):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelForwardError(f"{what} failed on canonical images [N, 3, 32, 32] with pixels in [0, 1] ({first}): "
+        raise ModelForwardError(f"{what} failed on canonical images [N, 3, 32, 32] with pixels in [0, 1] "
+                                f"({first_line(e, type(e).__name__)}): "
                                 "a model must take 3-channel 32x32 images and normalise them inside itself (a "
                                 "`proxylab train` checkpoint of a 1-channel or 28 px data set cannot: train it on "
                                 "e.g. --data 'digits@32px,3ch')") from e

@@ -301,7 +301,7 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
     from proxylab.retrieval.tasks import default_queries
     from proxylab.retrieval.train_encoders import split_models
     from proxylab.retrieval.zoo import add_models, load_zoo
-    from proxylab.retrieval.rerank import leep, logme, nce
+    from proxylab.retrieval.rerank import scorer
 
     zoo = load_zoo(zoo_dir)
     enc = encoders or Encoders.default()
@@ -349,22 +349,24 @@ def evaluate_zoo(zoo_dir, encoders=None, queries=None, model_ids: Optional[Seque
         answers: Dict[str, Ranking] = {
             "proxylab": Ranking(index_ids, np.array([h.score for h in hits]), 0, index_ms)}
         draws: Dict[str, List[Ranking]] = {}
-        stages = [("leep", probs, model_ms), ("nce", probs, model_ms)]
-        stages += [("logme", feats, model_ms)] if gray_box else []
-        for method, outputs, ms in stages:
-            variants, calls = two_stage(index_ids, outputs, labels, rerank_k, method, [h.score for h in hits])
-            spent = index_ms + sum(ms[i] for i in index_ids[:rerank_k])
+        # each method reads the probabilities or (LogME) the features of the same pass, so one model time each
+        outputs = {"leep": probs, "nce": probs, **({"logme": feats} if gray_box else {})}
+        for method in outputs:
+            variants, calls = two_stage(index_ids, outputs[method], labels, rerank_k, method,
+                                        [h.score for h in hits])
+            spent = index_ms + sum(model_ms[i] for i in index_ids[:rerank_k])
             draws[f"proxylab+{method}@{rerank_k}"] = [Ranking(ids_, sc, calls, spent) for ids_, sc in variants]
             answers[f"proxylab+{method}@{rerank_k}"] = draws[f"proxylab+{method}@{rerank_k}"][0]
         rand = {i: float(s) for i, s in zip(ids, rng.random(len(ids)))}
         answers["random"] = Ranking(rank_by(rand), np.array(sorted(rand.values(), reverse=True)), 0, 0.0)
         largest = rank_by({i: float(params[i]) for i in ids})
         answers["largest"] = Ranking(largest, np.array([float(params[i]) for i in largest]), 0, 0.0)
-        brute = [("leep-all", leep, probs, model_ms), ("nce-all", nce, probs, model_ms)]
-        for name, fn, outputs, ms in brute + ([("logme-all", logme, feats, model_ms)] if gray_box else []):
-            s = {i: fn(outputs[i], labels) for i in ids}
+        brute_ms = sum(model_ms.values())
+        for method in outputs:  # the brute-force baselines: every model scored
+            fn = scorer(method)[0]
+            s = {i: fn(outputs[method][i], labels) for i in ids}
             ranked = rank_by(s)
-            answers[name] = Ranking(ranked, np.array([s[i] for i in ranked]), n_img * len(ids), sum(ms.values()))
+            answers[f"{method}-all"] = Ranking(ranked, np.array([s[i] for i in ranked]), n_img * len(ids), brute_ms)
         for method, r in answers.items():
             m = mean_metrics([query_metrics(v, spec.kind, spec.task, model_task, acc)
                               for v in draws.get(method, [r])])

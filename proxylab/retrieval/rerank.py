@@ -9,16 +9,15 @@ N target samples, Cs source classes, Ct target classes, D feature dims.
 - ``rerank(hits, get_model, images, labels, method)``: re-score the index's top-k with LEEP or NCE (one
   black-box pass per model), or with LogME when every re-ranked model exposes features (gray-box:
   ``BlackBoxModel.supports_features``; one features pass per model), and report the calls (images) spent.
-  The top-k is ordered by the estimator alone: ``fuse_scores`` (z(index) + W z(estimator)) was validated against
-  that on train models and calib queries and did not beat it by the margin fixed before the run
-  (benchmarks/retrieval_rerank_validation.py), so it is not used; nor is z(LEEP) + z(NCE), which won on one set of
-  validation queries and lost on fresh ones.
+  The top-k is ordered by the estimator alone: fusing the index score into that order (z(index) + W z(estimator))
+  was validated against it on train models and calib queries and did not beat it by the margin fixed before the
+  run (benchmarks/retrieval_rerank_validation.py, which holds ``fuse_scores``), so it is not used; nor is
+  z(LEEP) + z(NCE), which won on one set of validation queries and lost on fresh ones.
 
 Labels may be any integers; only which samples share a label matters, so they are compacted to 0..Ct-1.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -166,33 +165,6 @@ def hscore(features: Any, labels: Any) -> float:
     g = means[y]  # every sample replaced by its class mean
     cov_g = np.cov(g, rowvar=False).reshape(f.shape[1], f.shape[1])
     return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
-
-
-def fuse_scores(index_scores: Any, rerank_scores: Any, weight: float) -> np.ndarray:
-    """Scores of the re-ranked candidates that keep the first stage's evidence: z(index) + weight * z(re-rank),
-    each standardised over the candidates (a score constant over them contributes 0), so neither scale matters.
-    `weight` = inf: the re-rank scores alone (ordering the top-k by the estimator only)."""
-    a = np.asarray(index_scores, dtype=np.float64)
-    b = np.asarray(rerank_scores, dtype=np.float64)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise ProxylabError(f"index and re-rank scores must be 1-D and aligned, got shapes {list(a.shape)} and "
-                            f"{list(b.shape)}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ProxylabError("index or re-rank scores hold NaN or inf")
-    try:
-        w = float(weight)
-    except (TypeError, ValueError):
-        w = math.nan
-    if isinstance(weight, bool) or not w >= 0:
-        raise ProxylabError(f"fuse weight must be a number >= 0 (inf: the re-rank score alone), got {weight!r}")
-    if np.isinf(w) or a.size == 0:
-        return b.copy()
-
-    def z(v: np.ndarray) -> np.ndarray:
-        sd = v.std()
-        return (v - v.mean()) / sd if sd > 0 else np.zeros_like(v)
-
-    return z(a) + w * z(b)
 
 
 RERANKERS = Registry("re-ranking method")

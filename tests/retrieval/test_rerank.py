@@ -9,7 +9,7 @@ import torch.nn as nn
 from proxylab.errors import ProxylabError
 from proxylab.retrieval.blackbox import BlackBoxModel, TorchBlackBox
 from proxylab.retrieval.index import Hit
-from proxylab.retrieval.rerank import fuse_scores, hscore, leep, logme, logme_details, nce, rerank
+from proxylab.retrieval.rerank import hscore, leep, logme, logme_details, nce, rerank
 
 
 def _probs(n, cs, seed=0, sharp=2.0):
@@ -216,33 +216,6 @@ def test_rerank_validates_before_calling_anything():
         rerank(hits, models.__getitem__, images, labels, method="hscore")
     assert all(m.calls == 0 for m in models.values())
     assert rerank([], models.__getitem__, images, labels) == ([], 0)
-
-
-def test_fuse_scores_against_scipy_zscores():
-    from scipy.stats import zscore
-
-    rng = np.random.default_rng(3)
-    a, b = rng.normal(size=7), rng.normal(size=7) * 40 - 3
-    for w in (0.0, 0.5, 2.0):
-        np.testing.assert_allclose(fuse_scores(a, b, w), zscore(a) + w * zscore(b), atol=1e-12)
-    np.testing.assert_array_equal(fuse_scores(a, b, math.inf), b)
-    # scale and shift of either stage never change the fused order
-    np.testing.assert_allclose(fuse_scores(3 * a + 1, b / 7 - 2, 1.0), fuse_scores(a, b, 1.0), atol=1e-12)
-    # a constant stage contributes nothing (no division by a zero spread)
-    np.testing.assert_allclose(fuse_scores(np.full(4, 0.3), [1.0, 2.0, 3.0, 4.0], 1.0), zscore([1.0, 2.0, 3.0, 4.0]))
-
-
-@pytest.mark.parametrize("args,match", [
-    (([1.0, 2.0], [1.0], 1.0), "aligned"),
-    (([1.0, np.nan], [1.0, 2.0], 1.0), "NaN"),
-    (([1.0, 2.0], [1.0, 2.0], -1.0), "fuse weight"),
-    (([1.0, 2.0], [1.0, 2.0], math.nan), "fuse weight"),
-    (([1.0, 2.0], [1.0, 2.0], True), "fuse weight"),
-    (([1.0, 2.0], [1.0, 2.0], "x"), "fuse weight"),
-])
-def test_fuse_scores_bad_input(args, match):
-    with pytest.raises(ProxylabError, match=match):
-        fuse_scores(*args)
 
 
 def _feature_models():
