@@ -10,6 +10,7 @@ import importlib
 import json
 import math
 import sys
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # command words -> ("module:Class", one-line help). Keep sorted by group; the help text is shown without
@@ -130,6 +131,10 @@ def render(result: Any, fmt: str) -> str:
     return str(result)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from proxylab.errors import ProxylabError
 
@@ -160,6 +165,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     command.add_arguments(parser)
     args = parser.parse_args(rest)
+    # One "warning: ..." line like the "error: ..." ones, not Python's file:line plus the warning's source line.
+    # formatwarning, not showwarning: pytest.warns and other recorders keep working around main().
+    shown = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
         result = command.run(args)
     except ProxylabError as e:
@@ -168,6 +177,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished work is saved and a rerun resumes it", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = shown
     text = render(result, args.format)
     if text:
         print(text)

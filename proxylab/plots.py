@@ -296,7 +296,8 @@ def _draw_metric_bars(ax, rows: Sequence[Mapping[str, Any]], metrics: Optional[S
     ax.set_xticks(pos, metrics)
     ax.set_xlabel("metric")
     ax.set_ylabel(ylabel)
-    ax.legend(loc="best", fontsize="small")
+    # Outside the axes: with values near 1 on most metrics, any corner inside covers a bar.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     ax.grid(alpha=0.3, axis="y")
 
 
@@ -352,7 +353,7 @@ def rank_chart(ranked: Union[Sequence[Any], Mapping[str, Sequence[Any]]], oracle
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
     if metrics:
-        _draw_metric_bars(axes[0][1], metrics, None, group, "value for this query (higher is better)")
+        _draw_metric_bars(axes[0][1], metrics, None, group, "value for this query")
         axes[0][1].set_title("retrieval metrics")
     return _save(fig, path)
 

@@ -63,3 +63,17 @@ def test_json_output_is_strict_json():
     text = render({"a": float("nan"), "rows": [{"b": float("inf"), "c": 1.5}], "t": (float("-inf"), 2)}, "json")
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard {c}")) == {
         "a": None, "rows": [{"b": None, "c": 1.5}], "t": [None, 2]}
+
+
+def test_a_warning_is_one_line_on_stderr(tmp_path):
+    """A library warning reaches a CLI user as "warning: ...", like errors, not as Python's file:line form."""
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n"
+                                     "def make():\n"
+                                     "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))\n")
+    proc = subprocess.run([sys.executable, "-W", "always", "-m", "proxylab.cli", "zoo", "signature", "--model",
+                           f"{tmp_path / 'net.py'}:make", "--out", str(tmp_path / "s.npz")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines and lines[0].startswith("warning: no weights given for"), proc.stderr
+    assert "UserWarning" not in proc.stderr and "warnings.warn(" not in proc.stderr
