@@ -75,6 +75,9 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def _unit(v: np.ndarray):
+    peak = float(np.max(np.abs(v))) if v.size else 0.0
+    if peak > 1e100 or 0.0 < peak < 1e-100:  # c @ c would overflow / underflow: rescale (ranks never need it,
+        v = v / peak                           # so their float results stay bit-identical)
     c = v - v.mean()
     norm = math.sqrt(float(c @ c))
     return None if norm == 0.0 else c / norm

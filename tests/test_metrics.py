@@ -74,6 +74,14 @@ def test_invalid_scores_are_nan_never_zero(bad):
         M.require_valid(M.spearman(bad, a))
 
 
+@pytest.mark.parametrize("scale", [1e306, 1e-306, 1e150])
+def test_pearson_of_huge_or_tiny_scores_matches_scipy_on_rescaled_ones(scale):
+    """c @ c of 1e306-sized scores overflows to inf, which once made Pearson exactly 0."""
+    s, a = _data(4)
+    got = M.pearson(s * scale, a)
+    assert got == pytest.approx(sps.pearsonr(s, a)[0], abs=1e-12) and got != 0.0
+
+
 def test_top_k_subset_with_constant_scores_is_nan():
     s = np.array([5.0, 5.0, 1.0, 2.0, 3.0, 0.0, 0.5, 0.7, 0.2, 0.1])
     assert math.isnan(M.spearman_top_k(s, np.arange(10.0), 0.2))  # the kept two tie

@@ -110,7 +110,8 @@ class AllocationProblem:
             self.layer_names = [f"layer{i}" for i in range(len(self.params))]
         if len(self.layer_names) != len(self.params):
             raise ProxylabError("layer_names must have one entry per layer")
-        if not (1 <= int(self.act_bits) <= 32):
+        self.act_bits = as_integer(self.act_bits, "act_bits")
+        if not 1 <= self.act_bits <= 32:
             raise ProxylabError(f"act_bits={self.act_bits} must lie in 1..32")
 
     @classmethod
@@ -141,8 +142,8 @@ class AllocationProblem:
 
     def budget_limits(self, budget: Budget) -> Tuple[Optional[int], Optional[int]]:
         """Integer limits (weight bits, BitOps) a config must not exceed."""
-        size = None if budget.size_mb is None else int(math.floor(budget.size_mb * MIB_BITS + 1e-6))
-        ops = None if budget.bitops is None else int(math.floor(budget.bitops + 1e-6))
+        size = None if budget.size_mb is None else _integer_limit(budget.size_mb * MIB_BITS)
+        ops = None if budget.bitops is None else _integer_limit(budget.bitops)
         return size, ops
 
     def fits(self, bits, budget: Budget) -> np.ndarray:
@@ -161,15 +162,16 @@ class AllocationProblem:
         low = np.full(self.num_layers, min(self.bit_choices))
         size, ops = self.budget_limits(budget)
         b = min(self.bit_choices)
+        # The needed values print so that passing them back fits: size rounded UP at 6 digits, BitOps exact.
         if size is not None and self.weight_bits(low) > size:
             raise ProxylabError(
                 f"budget size_mb={budget.size_mb:g} is infeasible: the smallest configuration (every layer at "
-                f"{b} bits) needs size_mb={float(self.size_mb(low)):.6g}; raise the budget to at least that"
+                f"{b} bits) needs size_mb={_ceil_6g(float(self.size_mb(low)))}; raise the budget to at least that"
             )
         if ops is not None and self.bitops(low) > ops:
             raise ProxylabError(
                 f"budget bitops={budget.bitops:.6g} is infeasible: the smallest configuration (every layer at "
-                f"{b} bits, activations at {self.act_bits}) needs bitops={int(self.bitops(low)):.6g}; raise the "
+                f"{b} bits, activations at {self.act_bits}) needs bitops={int(self.bitops(low))}; raise the "
                 f"budget to at least that"
             )
 
@@ -190,10 +192,42 @@ class AllocationProblem:
         )
 
 
+def _integer_limit(value: float) -> int:
+    """The largest integer count <= value, where a value within float error of an integer IS that integer:
+    bitops=541919.759028M multiplies out to 541919759027.99994 in floats, and must still allow 541919759028."""
+    nearest = round(value)
+    if abs(value - nearest) <= 1e-12 * max(1.0, abs(value)):
+        return int(nearest)
+    return int(math.floor(value))
+
+
+def _ceil_6g(value: float) -> str:
+    """``value`` to 6 significant digits, rounded up: a budget typed from this text is never below ``value``."""
+    text = f"{value:.6g}"
+    if float(text) >= value:
+        return text
+    step = 10.0 ** (math.floor(math.log10(value)) - 5)
+    return f"{(math.floor(value / step) + 1) * step:.6g}"
+
+
+def as_integer(value, what: str) -> int:
+    """An int from an int, an integral float or a digit string; anything else (2.7, True, "x") is an error,
+    never a silent truncation."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ProxylabError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+        return int(value)
+    raise ProxylabError(f"{what} must be an integer, got {value!r}")
+
+
 def validate_bit_choices(bit_choices: Sequence[int]) -> Tuple[int, ...]:
     try:
-        choices = tuple(int(b) for b in bit_choices)
-    except (TypeError, ValueError):
+        choices = tuple(as_integer(b, "a bit choice") for b in bit_choices)
+    except (TypeError, ProxylabError):
         raise ProxylabError(f"bit choices {bit_choices!r} must be integers such as 2,3,4") from None
     if not choices:
         raise ProxylabError("no bit choices given: pass e.g. --bits 2,3,4")

@@ -45,7 +45,7 @@ TENSOR_INPUTS: Dict[str, Tuple[str, bool]] = {
 # Scalar inputs: name -> where the value comes from (see proxylab.proxy.inputs).
 SCALAR_INPUTS: Dict[str, str] = {
     "bits": "the layer's bit-width b",
-    "params": "number of weights of the layer",
+    "params": "parameters of the layer: its weights plus its bias and folded BatchNorm (what its size counts)",
     "macs": "multiply-accumulates of the layer per image",
     "htrace": "Hutchinson trace of the layer's Hessian block",
     "heig": "top eigenvalue of the layer's Hessian block",

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from proxylab.errors import ProxylabError
 from proxylab.proxy.errors import InvalidProxy
+from proxylab.proxy.evaluate import bits_to_columns
 from proxylab.proxy.inputs import scalar_input, tensor_input
 from proxylab.proxy.language import TENSOR_INPUTS
 from proxylab.proxy.parse import Node
@@ -122,9 +123,12 @@ def naive_layer_value(node: Node, stats, layer: int, bits: int, dtype=torch.floa
 
 def naive_score(node: Node, stats, bits_row: Sequence[int], dtype=torch.float64) -> float:
     """The proxy's score for one configuration: every layer from scratch, then the aggregate."""
-    bits_row = [int(b) for b in np.asarray(bits_row).ravel()]
+    bits_row = np.asarray(bits_row).ravel()
     if len(bits_row) != len(stats.layer_names):
         raise ProxylabError(f"config has {len(bits_row)} bit-widths but the network has {len(stats.layer_names)} layers")
+    # The fast path's validation, so the oracle refuses what score_configs refuses (2.7 is not truncated to 2).
+    bits_to_columns(bits_row[None], stats.bit_choices, stats.layer_names)
+    bits_row = [int(b) for b in bits_row]
     inner = node.children[0]
     values = np.array([naive_layer_value(inner, stats, l, b, dtype) for l, b in enumerate(bits_row)])
     agg = {"mean_layers": np.mean, "sum_layers": np.sum, "min_layers": np.min, "max_layers": np.max}[node.name]

@@ -26,7 +26,7 @@ from proxylab.search.alloc_check import (DEFAULT_FRACTIONS, Candidate, allocatio
 from proxylab.search.dispatch import Dispatcher, make_dispatcher
 from proxylab.search.evaluate import FitnessEvaluator, Outcome
 from proxylab.search.genome import Genome, GenomeSampler
-from proxylab.search.rundir import RunFolder, run_fingerprint
+from proxylab.search.rundir import RunFolder, run_fingerprint, stats_digest
 from proxylab.search.space import SearchSpace, load_space
 from proxylab.search.state import Individual, SearchState
 
@@ -35,6 +35,19 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ProxylabError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _check_hessian(space, tables, stats) -> None:
+    """A space that samples htrace / heig needs every table's stats computed with the Hessian: refuse now, not
+    when the first candidate that uses them comes up, minutes into the run."""
+    wanted = sorted(n for n in space.group("scalar_inputs") if n in ("htrace", "heig"))
+    if not wanted or (space.scalar_head <= 0 and "scalar" not in space.structures):
+        return  # scalar inputs are drawn only by a scalar head or the scalar structure
+    lacking = [t.name for t, st in zip(tables, stats) if not st.has_hessian]
+    if lacking:
+        raise ProxylabError(f"search space '{space.name}' samples {' and '.join(wanted)}, but the statistics of "
+                            f"{', '.join(lacking)} were computed without the Hessian: recompute them with "
+                            f"hessian=True, or use a space without those inputs")
 
 
 class ProxySearch:
@@ -144,7 +157,13 @@ class ProxySearch:
             from proxylab.stats import stats_for_table
 
             stats = [stats_for_table(t) for t in tables]
-        stats = list(stats)
+            origin = ["default"] * len(tables)
+        else:
+            stats = list(stats)
+            origin = [stats_digest(st) for st in stats]
+        if folder:
+            folder.check_stats(origin, self.resume)
+        _check_hessian(space, tables, stats)
         started = time.perf_counter()  # the search's own time: statistics are computed once and cached
         state = folder.load_state() if folder else None
         state = state or SearchState(rng=np.random.default_rng(int(self.seed)))

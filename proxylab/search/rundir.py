@@ -20,6 +20,7 @@ from proxylab.search.state import SearchState
 from proxylab.utils import atomic_write_json, atomic_write_text, rows_to_csv
 
 CONFIG = "config.yaml"
+STATS_ORIGIN = "stats_origin.json"
 EXECUTION_KEYS = ("checkpoint_every", "scheduler")  # how a run executes, not what it computes
 
 
@@ -30,6 +31,22 @@ def table_fingerprint(table) -> str:
     h.update(np.ascontiguousarray(table.acc, dtype=np.float64).tobytes())
     for split in ("search", "select", "test"):
         h.update(np.ascontiguousarray(table.split(split), dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def stats_digest(stats) -> str:
+    """Content of the statistics a search scores with: layers, costs, bit choices, every tensor and scalar (the
+    extras, derived from the same network and data, follow the tensors)."""
+    h = hashlib.sha256()
+    d = stats.to_dict()
+    h.update(json.dumps([d["layer_names"], d["bit_choices"], d["params"], d["macs"]]).encode())
+    for name in sorted(d["tensors"]):
+        for t in d["tensors"][name]:
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for name in sorted(d["scalars"]):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(d["scalars"][name], dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -75,6 +92,21 @@ class RunFolder:
                                     f"continue the search in it, or choose another --out")
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_file, yaml.safe_dump({**config, "fingerprint": fingerprint}, sort_keys=False))
+
+    def check_stats(self, origin: List[str], resume: bool) -> None:
+        """The run's fitness cache and population were scored with these statistics. ``origin`` per table:
+        "default" (the table's own, computed from the fingerprinted table) or the digest of statistics the caller
+        gave. A resume with other statistics would mix two sets of scores silently, so it is refused."""
+        path = self.path / STATS_ORIGIN
+        if resume and path.is_file():
+            old = json.loads(path.read_text())
+            if old != origin:
+                raise ProxylabError(
+                    f"--resume: {self.path} was searched with other statistics ({', '.join(old)}; now "
+                    f"{', '.join(origin)}; 'default' = the tables' own): its cached scores would mix with new ones. "
+                    f"Resume with the statistics it started with, or choose another --out")
+        elif not path.is_file():  # runs from before this file was kept are resumed as they are
+            atomic_write_json(path, origin)
 
     def load_state(self):
         return SearchState.load(self.path, self.fingerprint)

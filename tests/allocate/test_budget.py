@@ -45,3 +45,46 @@ def test_problem_validation():
         AllocationProblem([1], [1], ("x",))
     with pytest.raises(ProxylabError, match="one entry per layer"):
         AllocationProblem([1, 2], [1], (2, 4))
+    with pytest.raises(ProxylabError, match="integers"):
+        AllocationProblem([1], [1], (2.7, 3))  # never truncated to 2
+    assert AllocationProblem([1], [1], (2.0, "3")).bit_choices == (2, 3)
+
+
+@pytest.mark.parametrize("act_bits", [4.5, True, "eight", None])
+def test_act_bits_must_be_an_integer(act_bits):
+    with pytest.raises(ProxylabError, match="act_bits"):
+        AllocationProblem([1], [1], (2, 4), act_bits=act_bits)
+
+
+def test_integral_act_bits_are_stored_as_int_and_used_by_every_cost():
+    p = AllocationProblem([1], [10], (2, 4), act_bits=np.int64(4))
+    assert type(p.act_bits) is int and p.bitops(np.array([4])) == 160
+
+
+def test_a_decimal_bitops_budget_with_a_suffix_allows_exactly_that_count():
+    """541919.759028M multiplies out to 541919759027.99994 in floats: the exact count must still fit."""
+    rng = np.random.default_rng(0)
+    for count in rng.integers(10**11, 10**12, size=2000):
+        count = int(count)
+        p = AllocationProblem([1], [count], (1,), act_bits=1)  # all-1-bit BitOps = count
+        text = f"bitops={count / 1e6:.6f}M"
+        assert p.fits(np.array([1]), parse_budget(text)), text
+        p.check_feasible(parse_budget(text))
+    p = AllocationProblem([1], [10**11], (1,), act_bits=1)
+    assert not p.fits(np.array([1]), Budget(bitops=10**11 - 1))  # and one below does not
+
+
+@pytest.mark.parametrize("params", [1234561, 7, 999_999_999, 3_000_000])
+def test_the_size_an_infeasible_budget_names_is_itself_feasible(params):
+    p = AllocationProblem([params], [1], (2, 3))
+    with pytest.raises(ProxylabError, match="infeasible") as exc:
+        p.check_feasible(Budget(size_mb=float(p.size_mb(np.array([2]))) * 0.5))
+    named = float(str(exc.value).split("needs size_mb=")[1].split(";")[0])
+    assert named >= float(p.size_mb(np.array([2])))
+    p.check_feasible(Budget(size_mb=named))  # passing the named value back works
+
+
+def test_an_infeasible_bitops_budget_names_the_exact_count():
+    p = AllocationProblem([1], [123_456_789], (2, 3), act_bits=8)
+    with pytest.raises(ProxylabError, match=r"needs bitops=1975308624;"):
+        p.check_feasible(Budget(bitops=1e9))

@@ -124,6 +124,9 @@ def test_bad_configs_are_clear(stats):
         score_configs(p, stats, bits)
     with pytest.raises(ProxylabError, match="config has"):
         p.score_naive(stats, [2] * (L - 1))
+    for row in ([2.7] + [2] * (L - 1), [5] + [2] * (L - 1)):  # the oracle refuses what the fast path refuses
+        with pytest.raises(ProxylabError, match="integers|not one of"):
+            p.score_naive(stats, row)
 
 
 def test_missing_hessian_is_explained(stats):

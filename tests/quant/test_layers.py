@@ -113,3 +113,11 @@ def test_size_and_bitops_vectorised():
         size_mb(params, [4] * 6)
     with pytest.raises(ProxylabError, match="expected 7"):
         bitops(macs, np.full((2, 8), 4), 8)
+
+
+def test_data_the_network_cannot_take_is_one_clear_error():
+    model = OutOfOrder()  # takes 3-channel images
+    for fn in (layer_info, quantizable_layers):
+        with pytest.raises(ProxylabError, match=r"OutOfOrder failed on the data's images of shape \[1, 8, 8\] "
+                                                r"\(Given groups=1.*channels and size it was trained on"):
+            fn(model, torch.randn(2, 1, 8, 8))

@@ -10,6 +10,7 @@ import pytest
 
 from proxylab.errors import ProxylabError
 from proxylab.search import ProxySearch
+from proxylab.stats import NetworkStats
 
 CONFIG = dict(space="emq", pop=10, seed=0, checkpoint_every=3)
 ITERS = 60
@@ -72,6 +73,10 @@ def test_refusals_leave_the_folder_untouched(tiny, tmp_path, one_thread):
     other = table.subset(table.split("all")[::-1].copy())
     with pytest.raises(ProxylabError, match="tables differs"):
         ProxySearch(**CONFIG, iters=4, out_dir=out, resume=True).fit([other], [stats])
+    scaled = stats.to_dict()  # same network layout, other statistics (as another network's would be)
+    scaled["tensors"] = {k: [2 * t for t in ts] for k, ts in scaled["tensors"].items()}
+    with pytest.raises(ProxylabError, match="searched with other statistics"):
+        ProxySearch(**CONFIG, iters=4, out_dir=out, resume=True).fit([table], [NetworkStats.from_dict(scaled)])
     assert snapshot(out) == before
     with pytest.raises(ProxylabError, match="no search to resume"):
         ProxySearch(**CONFIG, iters=4, out_dir=tmp_path / "empty", resume=True).fit([table], [stats])

@@ -7,6 +7,7 @@ from proxylab.errors import ProxylabError
 from proxylab.proxy import parse_proxy, score_configs
 from proxylab.search import ProxySearch
 from proxylab.search.space import load_space
+from proxylab.search.state import CHECKPOINT
 
 SMALL = dict(pop=10, iters=30, seed=0)
 
@@ -91,6 +92,21 @@ def test_space_that_allows_no_valid_tree_is_a_clear_error(tiny):
              "aggregate": {"mean_layers": 1}, "structures": {"linear": {"unary_ops": 2}}}
     with pytest.raises(ProxylabError, match="allows no"):
         ProxySearch(space=space, pop=4, iters=1, max_init_samples=50).fit([t], [s])
+
+
+def test_a_space_with_hessian_inputs_refuses_stats_without_the_hessian_before_searching(tiny, tmp_path):
+    from proxylab.stats import NetworkStats
+
+    t, s = tiny
+    d = s.to_dict()
+    d["scalars"] = {}
+    bare = NetworkStats.from_dict(d)
+    bare.extras.update(s.extras)
+    with pytest.raises(ProxylabError, match=r"space 'extended' samples heig and htrace, but the statistics of "
+                                            rf"{t.name} were computed without the Hessian"):
+        ProxySearch(space="extended", **SMALL, out_dir=str(tmp_path / "run")).fit([t], [bare])
+    assert not (tmp_path / "run" / CHECKPOINT).exists()  # refused before any evaluation was saved
+    assert ProxySearch(space="emq", **SMALL).fit([t], [bare]).best_formula_  # no htrace / heig: searches fine
 
 
 @pytest.mark.parametrize("kw, word", [({"pop": 1}, "pop"), ({"fitness": "max"}, "fitness"), ({"tries": 0}, "tries"),
