@@ -136,6 +136,9 @@ def compute_stats(
     With ``cache_dir`` the result is stored under a key made of the sha256 of the model's state_dict, the
     sha256 of the drawn batch, batch size, seed and every option above, and read back on the next call; the
     extras go to their own entry under ``cache_dir/extras/``, so entries written before them stay valid.
+    The key holds the model's class name but not its code: a network edited in ``forward`` (or in a module with
+    no weights, ReLU to GELU) with the same weights hits its old entry. Pass ``cache_dir=None``, or clear the
+    cache, while editing a network's code.
     """
     require(isinstance(model, nn.Module), f"model must be a torch.nn.Module, got {type(model).__name__}")
     bits = _validate_bits(bit_choices)
