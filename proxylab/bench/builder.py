@@ -198,12 +198,32 @@ def plan_configs(n_layers: int, bit_choices: Sequence[int], n: int, seed: int) -
     return uniform + sampled
 
 
+def _check_not_a_file(out: Path) -> None:
+    """--out, or the nearest existing folder above it, must not be a file: mkdir would fail with a traceback."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == out else f" lies inside {existing}, which"
+        raise ProxylabError(f"--out {out}{where} is a file, not a folder: give a folder path for --out")
+
+
 def _check_resume(out: Path, settings: BuildSettings) -> Optional[Dict[str, Any]]:
+    """The meta.json of the build in ``out`` to resume, or None for a new build; a folder holding anything
+    else (a search run, a checkpoint) is refused, so a build never mixes with or replaces other files."""
+    _check_not_a_file(out)
     meta_path = out / fmt.META_FILE
     if not meta_path.exists():
         if (out / fmt.TABLE_FILE).exists():
             raise ProxylabError(f"{out / fmt.TABLE_FILE} exists without {fmt.META_FILE}: the folder is not a "
                                 "proxylab build; choose an empty --out")
+        # a kill mid atomic write leaves only a hidden .tmp file: that folder is still ours to start in
+        held = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))) \
+            if out.is_dir() else []
+        if held:
+            # weights.pt alone may be a build killed before meta.json, or someone's weights: never overwrite them
+            hint = (f" (a build killed before it wrote {fmt.META_FILE} leaves only {fmt.WEIGHTS_FILE}: if so, delete "
+                    "the folder and rerun)") if held == [fmt.WEIGHTS_FILE] else ""
+            raise ProxylabError(f"output folder {out} already exists and is not empty, with no {fmt.META_FILE} of a "
+                                f"build to resume{hint}: choose another --out, or delete it")
         return None
     meta = fmt.read_meta(out)
     old = meta.get("build_settings")
@@ -278,8 +298,8 @@ def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: b
     out = Path(out)
     settings.bits = tuple(int(b) for b in settings.bits)
     settings.validate()
-    out.mkdir(parents=True, exist_ok=True)
     meta = _check_resume(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
     if meta is not None and meta.get("status") == "complete":
         log(f"{out}: the table is already complete ({meta['summary']['n_rows']} rows)")
         return BenchTable.load(out)

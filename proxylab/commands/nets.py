@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any, Dict, List
 
 from proxylab.commands._base import Command
@@ -48,6 +49,23 @@ class NetsList(Command):
         return rows
 
 
+def _check_not_a_file(out: Path) -> None:
+    """--out, or the nearest existing folder above it, must not be a file: mkdir would fail with a traceback."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == out else f" lies inside {existing}, which"
+        raise ProxylabError(f"--out {out}{where} is a file, not a folder: give a folder path for --out")
+
+
+def check_fresh_out(path: str) -> None:
+    """An --out folder must be new or empty: writing into one that holds files would replace or mix with
+    someone's work (a previous checkpoint, a bench table's weights.pt)."""
+    out = Path(path)
+    _check_not_a_file(out)
+    if out.is_dir() and any(out.iterdir()):
+        raise ProxylabError(f"output folder {out} already exists and is not empty: choose another --out, or delete it")
+
+
 class Train(Command):
     help = "train a reference network on an offline data set"
 
@@ -77,6 +95,7 @@ class Train(Command):
         if args.epochs < 1:
             raise ProxylabError(f"--epochs must be >= 1, got {args.epochs}")
         kwargs = parse_net_args(args.net_arg)
+        check_fresh_out(args.out)  # before minutes of training, not after
         from proxylab.data import get_dataset
 
         ds = get_dataset(args.data, seed=args.seed)

@@ -48,3 +48,41 @@ def test_list_shows_every_shipped_table(capsys, monkeypatch, tmp_path):
     assert main(["bench", "list", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["rows"], r["layers"]) for r in rows] == [("a", 27, 3), ("b", 9, 2)]
+
+
+def _build(out):
+    """A build refused before any training: --net, not --checkpoint, so nothing needs to exist beforehand."""
+    return main(["bench", "build", "--net", "resnet20", "--data", "digits", "--n", "2", "--epochs", "1",
+                 "--out", str(out), "--no-progress"])
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_build_refuses_a_file_as_out(tmp_path, capsys, inside):
+    target = tmp_path / "README.md"
+    target.write_text("mine\n")
+    assert _build(target / "table" if inside else target) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("files", [
+    {"config.yaml": "seed: 0\n", "results.csv": "a,b\n"},  # a search run folder
+    {"weights.pt": "not mine to replace", "config.json": "{}"},  # a `proxylab train` checkpoint
+    {"weights.pt": "someone's weights, or a build killed before meta.json"},
+])
+def test_build_refuses_a_folder_holding_other_work_and_touches_nothing(tmp_path, capsys, files):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    before = _contents(out)
+    assert _build(out) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already exists and is not empty" in err and "choose another --out" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _contents(out) == before

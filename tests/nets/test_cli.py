@@ -65,3 +65,32 @@ def test_parse_net_args_types_values():
         {"width": 0.5, "stem": "small", "head_features": 640, "flag": True}
     with pytest.raises(ProxylabError, match="key=value"):
         parse_net_args(["=3"])
+
+
+TINY_TRAIN = ["train", "--net", "resnet20", "--data", "digits", "--epochs", "1", "--limit", "32", "--batch-size", "32",
+              "--net-arg", "width=0.25", "--no-progress"]
+
+
+def test_train_refuses_an_out_that_holds_files_and_leaves_them_untouched(tmp_path, capsys):
+    out = tmp_path / "ck"
+    out.mkdir()  # an existing empty folder is a fine --out
+    assert main([*TINY_TRAIN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # a second run (other seed: other weights) would replace the first run's checkpoint
+    assert main([*TINY_TRAIN, "--seed", "1", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and len(captured.err.strip().splitlines()) == 1
+    assert f"{out} already exists and is not empty" in captured.err and "choose another --out" in captured.err
+    assert "epoch" not in captured.err and "Traceback" not in captured.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_train_refuses_a_file_as_out(tmp_path, capsys, inside):
+    target = tmp_path / "notes.md"
+    target.write_text("mine\n")
+    assert main([*TINY_TRAIN, "--out", str(target / "ck" if inside else target)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "mine\n"

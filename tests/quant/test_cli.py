@@ -66,3 +66,49 @@ def test_bad_input_exits_2_with_one_line(checkpoint, capsys, extra, message):
 def test_no_network_given(capsys):
     code, _, err = _run(capsys, "--bits", "4 4")
     assert code == 2 and "--checkpoint" in err
+
+
+@pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+def test_quantize_bench_reproduces_the_tables_rows(capsys):
+    """With --bench, quantize defaults to the table's protocol and calibrates as its builder did (the calib
+    split's first calib_size images), so a row's bits give that row's accuracy exactly."""
+    from proxylab.bench import load_table
+
+    t = load_table("resnet20-mnist5k")
+    assert t.meta["protocol"]["name"] == "bias_correction"  # not quantize's own default, rtn
+    uniform3 = t.index_of((3,) * len(t.layer_names))  # the row rtn or train-split calibration got wrong
+    sampled = len(t) // 2
+    for i in (uniform3, sampled):
+        code, out, err = _run(capsys, "--bench", "resnet20-mnist5k", "--bits", " ".join(map(str, t.bits[i])),
+                              "--format", "json")
+        assert code == 0, err
+        res = json.loads(out)
+        assert res["protocol"] == "bias_correction" and "note" not in res
+        assert res["quant_acc"] == t.acc[i] == res["table_acc"], f"row {i}"
+        assert res["calibration"] == "mnist5k calib split, first 256 images"
+
+
+def test_quantize_bench_with_another_protocol_says_so(capsys):
+    bits = " ".join(["4"] * 22)
+    code, out, err = _run(capsys, "--bench", "resnet20-mnist5k", "--bits", bits, "--protocol", "rtn", "--format", "json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["protocol"] == "rtn"
+    assert "protocol rtn (the table's: bias_correction)" in res["note"], res["note"]
+
+
+def test_quantize_refuses_more_calibration_images_than_the_split_holds(checkpoint, capsys):
+    from proxylab.data import get_dataset
+
+    ckpt, _ = checkpoint
+    n_train = len(get_dataset("digits").train)
+    code, _, err = _run(capsys, "--checkpoint", ckpt, "--bits", " ".join(["4"] * 22), "--calib", "100000")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--calib 100000" in err and f"digits train split holds {n_train}" in err, err
+
+
+def test_quantize_on_data_of_other_channels_names_the_training_data(checkpoint, capsys):
+    ckpt, _ = checkpoint  # resnet20 trained on digits: 1 channel; shapes has 3
+    code, _, err = _run(capsys, "--checkpoint", ckpt, "--bits", " ".join(["4"] * 22), "--data", "shapes")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "was trained on 'digits' (1 channel)" in err and "--data shapes has 3" in err, err
