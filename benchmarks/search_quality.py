@@ -5,8 +5,8 @@ Settings (each over --seeds seeds):
   leave_one_out  search (and pick) on the other tables, report the left-out table's test split
   no_dps / no_csp / no_osp   `within` with one part of the algorithm switched off (ablations)
 Every row puts the searched proxy next to the best known proxy (the known proxy with the best select-split
-Spearman on the tables the search saw, combined by the search's select_by rule), BParams and the table's noise
-ceiling; wall_s is the search's own time (statistics are computed once per table beforehand and cached).
+Spearman on the tables the search saw, combined by the search's select_by rule), BParams and the test split's
+noise ceiling; wall_s is the search's own time (statistics are computed once per table beforehand and cached).
 
 Outputs:
   search_quality.csv          one row per finished run; the benchmark resumes from it (finished runs are
@@ -111,7 +111,8 @@ class KnownColumns:
         bparams = split_metrics(known_proxies()["bparams"], t, st, "test")
         return {"best_known_proxy": name or "", "best_known_spearman": known.get("spearman", math.nan),
                 "best_known_kendall": known.get("kendall", math.nan), "best_known_select": select,
-                "bparams_spearman": bparams["spearman"], "noise_ceiling": float(t.noise_ceiling)}
+                "bparams_spearman": bparams["spearman"],
+                "noise_ceiling": float(t.subset(t.split("test")).noise_ceiling)}
 
 
 def with_known(rows: List[Dict], known: KnownColumns) -> List[Dict]:

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -175,13 +176,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is saved and a rerun resumes it", file=sys.stderr)
+        print(getattr(command, "interrupted", "interrupted"), file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = shown
     text = render(result, args.format)
     if text:
-        print(text)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # `proxylab ... | head`: the reader has what it wanted
+            # Python flushes stdout again at exit and would print a traceback for the same closed pipe.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -41,12 +41,28 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import (setting it back and forth later could race with threads creating files).
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: a killed job never leaves half a file."""
+    """Write via a temporary file in the same folder and rename: a killed job never leaves half a file. The file
+    gets the permissions a plain open() would give (mkstemp's are 0600): a replaced file keeps its own."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

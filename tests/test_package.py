@@ -77,3 +77,27 @@ def test_a_warning_is_one_line_on_stderr(tmp_path):
     lines = proc.stderr.splitlines()
     assert lines and lines[0].startswith("warning: no weights given for"), proc.stderr
     assert "UserWarning" not in proc.stderr and "warnings.warn(" not in proc.stderr
+
+
+def test_ctrl_c_says_how_to_continue_where_a_command_can(capsys, monkeypatch):
+    from proxylab.commands.search import Search
+    from proxylab.commands.zoo import ZooBuild
+
+    def interrupted(self, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Search, "run", interrupted)
+    assert main(["search", "--bench", "x", "--out", "o"]) == 130
+    assert "rerun the same command with --resume" in capsys.readouterr().err
+    monkeypatch.setattr(ZooBuild, "run", interrupted)
+    assert main(["zoo", "build", "--out", "o"]) == 130
+    assert "rerun the same command to continue" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback():
+    """`proxylab bench show NAME --layers | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "proxylab.cli", "bench", "show", "resnet20-mnist5k", "--layers"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes a byte (it takes a second to start)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

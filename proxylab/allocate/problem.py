@@ -56,6 +56,8 @@ class Budget:
 def _parse_number(key: str, text: str) -> float:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGtT]?)\s*", text)
     if not m:
+        if text.strip().startswith("-"):
+            raise ProxylabError(f"budget {key}={text.strip()} is negative: a budget is a positive upper limit")
         raise ProxylabError(f"budget {key}='{text}' is not a number; write e.g. size_mb=1.5 or bitops=2.5G")
     return float(m.group(1)) * _SUFFIX[m.group(2).lower()]
 

@@ -14,6 +14,8 @@ class Command:
     """Subclass, set ``help``, fill ``add_arguments`` and ``run``."""
 
     help: str = ""
+    # What Ctrl-C prints: commands that keep finished work say how to continue it.
+    interrupted: str = "interrupted"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:  # pragma: no cover - default no args
         pass
@@ -41,3 +43,12 @@ def parse_int_list(text: str, what: str) -> list:
 def parse_bits_list(text: str) -> list:
     """'2,3,4' or '4 4 3 ...' -> [2, 3, 4]."""
     return parse_int_list(text, "bit list")
+
+
+def announce_stats(of: str, hessian: bool) -> None:
+    """One stderr line before a statistics pass, which can run for minutes the first time with no other output."""
+    import sys
+
+    cost = ("the Hessian can take several minutes" if hessian else "this can take a minute")
+    print(f"statistics on {of}{' with the Hessian' if hessian else ''}: read from the cache, or computed once and "
+          f"cached ({cost} the first time)...", file=sys.stderr)

@@ -42,18 +42,24 @@ def load_network(args: argparse.Namespace) -> Tuple[Any, Any, str]:
     if not args.data:
         raise ProxylabError("--net needs --data NAME (the data set the network was trained on; see `proxylab data list`)")
     dataset = get_dataset(args.data, seed=args.seed)
-    if ":" in args.net and args.net.rsplit(":", 1)[0].endswith(".py"):
-        from proxylab.nets import load_user_network
+    return network_from_spec(args.net, args.weights, dataset), dataset, f"net:{args.net}"
 
-        model = load_user_network(args.net, weights=args.weights)
-    else:
-        from proxylab.nets import create_net
-        from proxylab.nets.checkpoint import load_weights, read_state_dict
 
-        if not args.weights:
-            raise ProxylabError(f"--net {args.net} needs --weights W.pt: a proxy of untrained weights says nothing "
-                                "about the trained network's accuracy")
-        model = create_net(args.net, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
-                           image_size=dataset.image_size)
-        load_weights(model, read_state_dict(args.weights), source=f"weights '{args.weights}'")
-    return model.eval(), dataset, f"net:{args.net}"
+def network_from_spec(spec: str, weights, dataset):
+    """--net: a registered name (built for ``dataset``'s classes, channels and size, ``weights`` required) or
+    path/file.py:factory (``weights`` optional: a factory may load its own; without them it warns)."""
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        from proxylab.nets.user import load_user_network, warn_if_untrained
+
+        warn_if_untrained(spec, weights)
+        return load_user_network(spec, weights=weights).eval()
+    from proxylab.nets import create_net
+    from proxylab.nets.checkpoint import load_weights, read_state_dict
+
+    if not weights:
+        raise ProxylabError(f"--net {spec} needs --weights W.pt: a proxy of untrained weights says nothing "
+                            "about the trained network's accuracy")
+    model = create_net(spec, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                       image_size=dataset.image_size)
+    load_weights(model, read_state_dict(weights), source=f"weights '{weights}'")
+    return model.eval()

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from proxylab.commands._base import Command, parse_bits_list
+from proxylab.commands._base import Command, announce_stats, parse_bits_list
 from proxylab.commands._network import add_network_arguments, load_network
 from proxylab.errors import ProxylabError
 
@@ -59,14 +59,17 @@ class Allocate(Command):
             names = [n for n in names if n != "proxylab"]
         if "proxylab" in names and args.proxy is None:
             raise ProxylabError("the proxylab allocator needs --proxy NAME or --proxy 'formula' (see `proxylab proxy list`)")
+        proxy_needs_hessian = False
         if args.proxy is not None:
             from proxylab.allocate import resolve_proxy
 
-            resolve_proxy(args.proxy)  # a bad formula fails before the slow statistics pass
+            # a bad formula fails before the slow statistics pass
+            proxy_needs_hessian = "proxylab" in names and resolve_proxy(args.proxy).uses_hessian
 
         model, dataset, source = load_network(args)
         _check_budget_cheaply(model, dataset, bits, args.act_bits, budget)
-        needs_hessian = "hawq_v2" in names
+        # HAWQ-V2 and any proxy over htrace / heig (hawqv2, or a search's pick) need the Hessian statistics
+        needs_hessian = "hawq_v2" in names or proxy_needs_hessian
         stats = _stats(model, dataset, bits, args, needs_hessian)
         problem = AllocationProblem.from_stats(stats, bits, args.act_bits)
         problem.check_feasible(budget)
@@ -116,12 +119,24 @@ def _proxy_argument(proxy, proxy_file):
     if proxy is not None:
         raise ProxylabError("give --proxy or --proxy-file, not both")
     path = Path(proxy_file)
+    if path.is_dir():
+        inside = path / "best_proxy.txt"
+        hint = f": did you mean {inside}?" if inside.is_file() else "; a search writes one as <out>/best_proxy.txt"
+        raise ProxylabError(f"--proxy-file {path} is a folder, not a file{hint}")
     if not path.is_file():
         raise ProxylabError(f"--proxy-file {path} does not exist; a search writes one as <out>/best_proxy.txt")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ProxylabError(f"--proxy-file {path} is not a text file: it must hold one proxy formula "
+                            "(or known proxy name), like a search's <out>/best_proxy.txt") from None
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise ProxylabError(f"--proxy-file {path} holds no formula; write one proxy formula (or known name) in it")
+    if len(lines) > 1:  # which one was meant? never guess
+        raise ProxylabError(f"--proxy-file {path} holds {len(lines)} formulas; keep one (lines starting with # "
+                            "are comments)")
     return lines[0]
 
 
@@ -143,7 +158,7 @@ def _check_budget_cheaply(model, dataset, bits, act_bits, budget) -> None:
 def _stats(model, dataset, bits, args, hessian: bool):
     from proxylab.stats import compute_stats, default_cache_dir
 
-    print(f"computing statistics on {args.batch_size} calibration images of {dataset.name}...", file=sys.stderr)
+    announce_stats(f"{args.batch_size} calibration images of {dataset.name}", hessian)
     return compute_stats(model, dataset.calib.x, dataset.calib.y, bit_choices=tuple(bits),
                          batch_size=args.batch_size, seed=args.seed, hessian=hessian,
                          act_max_elements=args.act_max_elements,

@@ -76,6 +76,7 @@ class BenchShow(Command):
 
 class BenchBuild(Command):
     help = "build a table: quantize sampled configs, measure accuracy"
+    interrupted = "interrupted; measured rows are saved: rerun the same command to continue"
 
     def add_arguments(self, parser):
         parser.add_argument("--net", help="a registered network to train (see `proxylab nets list`)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from proxylab.commands._base import Command
+from proxylab.commands._base import Command, announce_stats
 from proxylab.errors import ProxylabError
 
 
@@ -42,7 +42,8 @@ class ProxyEval(Command):
         what.add_argument("--all-known", action="store_true", help="every known proxy, side by side")
         parser.add_argument("--split", default="test", choices=("test", "select", "search", "all"),
                             help="which configurations of the table to rank (default: test)")
-        parser.add_argument("--net", help="your own network as path/file.py:factory (default: the table's network)")
+        parser.add_argument("--net", help="your own network: path/file.py:factory, or a registered name with "
+                                          "--weights (default: the table's network)")
         parser.add_argument("--weights", help="state_dict file for --net")
         parser.add_argument("--data", help="data set for the statistics with --net (default: the table's)")
         parser.add_argument("--batch-size", type=int, default=64, help="calibration images for the statistics")
@@ -109,15 +110,20 @@ class ProxyEval(Command):
         if not args.net:
             if args.weights or args.data:
                 raise ProxylabError("--weights and --data go with --net (your own network); drop them or add --net")
+            announce_stats(f"{table.name}'s network", hessian)
             return stats_for_table(table, cache_dir=cache, **options)
-        from proxylab.data import get_dataset
-        from proxylab.nets import load_user_network
+        from proxylab.commands._network import network_from_spec
+        from proxylab.data import get_dataset, list_datasets
 
-        model = load_user_network(args.net, weights=args.weights)
         data_name = args.data or (table.meta.get("dataset") or {}).get("name")
         if not data_name:
             raise ProxylabError(f"table '{table.name}' names no data set: give --data for your network's statistics")
+        if not args.data and data_name.partition("@")[0].strip() not in list_datasets():  # an MQ-Bench imagenet
+            raise ProxylabError(f"table '{table.name}' was measured on '{data_name}', which proxylab has no offline "
+                                f"copy of: give --data NAME for your network's statistics (see `proxylab data list`)")
         ds = get_dataset(data_name, seed=int((table.meta.get("dataset") or {}).get("seed", 0)))
+        model = network_from_spec(args.net, args.weights, ds)
+        announce_stats(f"{args.net}", hessian)
         stats = compute_stats(model, ds.calib.x, ds.calib.y, bit_choices=table.bit_choices, cache_dir=cache, **options)
         if list(stats.layer_names) != list(table.layer_names):
             raise ProxylabError(

@@ -10,6 +10,7 @@ from proxylab.search.alloc_check import DEFAULT_FRACTIONS
 
 class Search(Command):
     help = "evolve a proxy against one or more tables"
+    interrupted = "interrupted; the search is saved at its last checkpoint: rerun the same command with --resume"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--bench", required=True,
@@ -32,9 +33,10 @@ class Search(Command):
                                  "known proxies allocate bits on each table's network and the most accurate "
                                  "allocations on the calib split win (for `proxylab allocate`; needs tables that "
                                  "ship their weights)")
-        parser.add_argument("--alloc-fractions", default=",".join(f"{f:g}" for f in DEFAULT_FRACTIONS),
+        parser.add_argument("--alloc-fractions", default=None,
                             help="with --select-by allocation: size budgets as fractions of the way from "
-                                 "all-lowest to all-highest bits (default %(default)s)")
+                                 "all-lowest to all-highest bits (default "
+                                 f"{','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)})")
         parser.add_argument("--no-dps", action="store_true", help="ablation: no diversity-prompting newcomer")
         parser.add_argument("--no-csp", action="store_true",
                             help="ablation: no compatibility screening (no early rejection, no equivalence check)")
@@ -54,12 +56,17 @@ class Search(Command):
         names = [n.strip() for n in args.bench.split(",") if n.strip()]
         if not names:
             raise ProxylabError("--bench is empty: give at least one table name or folder")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # it would count twice in the mean fitness
+            raise ProxylabError(f"--bench names {', '.join(repeated)} more than once: give each table once")
+        if args.alloc_fractions is not None and args.select_by != "allocation":
+            raise ProxylabError("--alloc-fractions sets the budgets of --select-by allocation: add that, or drop it")
         load_space(args.space)  # a bad space file fails before any table or statistic is loaded
         if args.plot:
             from proxylab.plots import check_plot_path
 
             check_plot_path(args.plot)  # fail now, not after the search
-        fractions = _fractions(args.alloc_fractions)
+        fractions = _fractions(args.alloc_fractions) if args.alloc_fractions is not None else DEFAULT_FRACTIONS
         tables = [load_table(n) for n in names]
         search = ProxySearch(
             space=args.space, pop=args.pop, iters=args.iters, seed=args.seed, fitness=args.fitness,

@@ -116,6 +116,7 @@ def load_samples(path: str):
 
 class ZooBuild(Command):
     help = "train a model zoo, capture signatures, build its index"
+    interrupted = "interrupted; finished models are saved: rerun the same command to continue"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--out", required=True, help="zoo folder (rerun with the same folder to resume or grow it)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +29,14 @@ def _import_file(path: Path):
         sys.modules.pop(name, None)
         raise ProxylabError(f"importing '{path}' failed: {type(e).__name__}: {e}") from e
     return module
+
+
+def warn_if_untrained(spec: str, weights: Optional[PathLike]) -> None:
+    """A factory given without a weights file: its network may be untrained, and every figure from it
+    meaningless. Not an error: a factory may load its own weights."""
+    if weights is None:
+        warnings.warn(f"no weights given for '{spec}': its network is used as the factory returns it (untrained, "
+                      "unless the factory loads weights itself); pass --weights FILE", stacklevel=3)
 
 
 def load_user_network(spec: str, weights: Optional[PathLike] = None, **factory_kwargs: Any) -> nn.Module:

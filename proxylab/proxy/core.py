@@ -12,6 +12,7 @@ from typing import FrozenSet, Optional
 import numpy as np
 import torch
 
+from proxylab.errors import ProxylabError
 from proxylab.proxy.errors import InvalidProxy
 from proxylab.proxy.evaluate import (
     Program,
@@ -20,7 +21,7 @@ from proxylab.proxy.evaluate import (
     layer_table,
     scores_from_table,
 )
-from proxylab.proxy.language import DECOMPOSABLE, ProxyTree
+from proxylab.proxy.language import DECOMPOSABLE, SIGNATURES, ProxyTree
 from proxylab.proxy.naive import naive_score
 from proxylab.utils import torch_threads
 from proxylab.proxy.parse import Node, canonical, node_to_tree, parse_node, tree_to_node
@@ -146,8 +147,16 @@ def parse_proxy(text) -> BaseProxy:
     if isinstance(text, str) and text.strip() and "(" not in text:
         from proxylab.proxy.known import KNOWN_PROXIES
 
-        if text.strip() in KNOWN_PROXIES:
-            return KNOWN_PROXIES.get(text.strip())
+        name = text.strip()
+        if name in KNOWN_PROXIES:
+            return KNOWN_PROXIES.get(name)
+        import difflib
+
+        close = difflib.get_close_matches(name, KNOWN_PROXIES.names(), n=2)
+        if close and name not in SIGNATURES:  # a known proxy's name, mistyped (a lone primitive parses below)
+            raise ProxylabError(f"unknown proxy '{name}'; did you mean {' or '.join(close)}? Known proxies: "
+                                f"{', '.join(KNOWN_PROXIES.names())}; or give a formula such as "
+                                "'mean_layers(mean(bW))'")
     return Proxy(parse_node(text))
 
 

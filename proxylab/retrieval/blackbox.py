@@ -24,7 +24,6 @@ import json
 import threading
 import urllib.error
 import urllib.request
-import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, List, Optional
@@ -322,12 +321,9 @@ class CheckpointBlackBox(TorchBlackBox):
             if num_classes is None and "num_classes" in config:
                 num_classes = int(config["num_classes"])
         elif ":" in str(spec):
-            from proxylab.nets.user import load_user_network
+            from proxylab.nets.user import load_user_network, warn_if_untrained
 
-            if weights is None:
-                warnings.warn(f"no weights given for '{spec}': its network is used as the factory returns it "
-                              "(untrained, unless the factory loads weights itself); pass --weights FILE",
-                              stacklevel=2)
+            warn_if_untrained(str(spec), weights)
             module = load_user_network(str(spec), weights=weights)
         else:
             raise ProxylabError(f"'{spec}' is neither a checkpoint folder nor a path/to/file.py:factory spec")

@@ -164,7 +164,9 @@ class ProxySearch:
         if folder:
             folder.check_stats(origin, self.resume)
         _check_hessian(space, tables, stats)
-        started = time.perf_counter()  # the search's own time: statistics are computed once and cached
+        # The search's own time (statistics are computed once and cached), over every session of a resumed run.
+        earlier = folder.wall_time() if folder else 0.0
+        started = time.perf_counter()
         state = folder.load_state() if folder else None
         state = state or SearchState(rng=np.random.default_rng(int(self.seed)))
 
@@ -174,7 +176,8 @@ class ProxySearch:
         evaluator = FitnessEvaluator.for_tables(tables, stats, combine=self.fitness, csp=self.csp,
                                                 probe_configs=self.probe_configs, probe_seed=int(self.seed))
         dispatcher = make_dispatcher(evaluator, state, space.max_size, self.scheduler)
-        save = (lambda: folder.save_state(state)) if folder else (lambda: None)
+        save = ((lambda: folder.save_state(state, earlier + time.perf_counter() - started)) if folder
+                else (lambda: None))
         try:
             if state.iteration < 0:
                 self._initialise(state, sampler, dispatcher)
@@ -186,7 +189,7 @@ class ProxySearch:
             dispatcher.close()
 
         self._finalise(state, tables, stats, dispatcher, measures)
-        self.wall_time_ = time.perf_counter() - started
+        self.wall_time_ = earlier + time.perf_counter() - started
         if folder:
             folder.write_outputs(self, tables, stats)
         return self
@@ -339,9 +342,12 @@ class ProxySearch:
         chosen = chosen_row(rows)
         self.best_origin_ = chosen["origin"]
         hof = next((r for r in self.hall_of_fame_ if r["formula"] == chosen["formula"]), None)
-        base = dict(hof) if hof else {"formula": chosen["formula"], "search_fitness": math.nan,
-                                       "select_fitness": chosen["select_fitness"]}
-        return {**base, "alloc_acc": chosen["alloc_acc"]}
+        if hof is None:  # a known proxy won: its search-split fitness, by the search's own rule, for comparison
+            on_search = FitnessEvaluator.for_tables(tables, stats, split="search", combine=self.fitness, csp=False)
+            out = on_search.evaluate(resolve_proxy(chosen["formula"]))
+            hof = {"formula": chosen["formula"], "search_fitness": out.fitness if out.valid else math.nan,
+                   "select_fitness": chosen["select_fitness"]}
+        return {**dict(hof), "alloc_acc": chosen["alloc_acc"]}
 
 
 def _finite_or(x: float, default: float = -math.inf) -> float:

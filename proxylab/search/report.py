@@ -66,7 +66,7 @@ def results_table(best_proxy, tables, stats, fitness: str = "mean", label: str =
     rows: List[Dict[str, Any]] = []
     candidates = [(label, best_proxy)] + list(known_proxies().items())
     for t, st in zip(tables, stats):
-        ceiling = float(t.noise_ceiling)
+        ceiling = float(t.subset(t.split("test")).noise_ceiling)  # of the rows these figures rank
         for name, proxy in candidates:
             select = split_metrics(proxy, t, st, "select")["spearman"]
             m = split_metrics(proxy, t, st, "test")

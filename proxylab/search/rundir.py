@@ -21,6 +21,7 @@ from proxylab.utils import atomic_write_json, atomic_write_text, rows_to_csv
 
 CONFIG = "config.yaml"
 STATS_ORIGIN = "stats_origin.json"
+WALL_TIME = "wall_time.json"
 EXECUTION_KEYS = ("checkpoint_every", "scheduler")  # how a run executes, not what it computes
 
 
@@ -74,10 +75,14 @@ class RunFolder:
         self.path = Path(path)
         self.fingerprint = fingerprint
         config_file = self.path / CONFIG
+        if self.path.exists() and not self.path.is_dir():
+            raise ProxylabError(f"--out {self.path} is a file, not a folder: give a new folder's path")
         if resume:
             if not config_file.is_file():
+                empty = not self.path.exists() or not any(self.path.iterdir())
                 raise ProxylabError(f"--resume: {self.path} holds no {CONFIG}, so there is no search to resume; "
-                                    f"run without --resume to start one there")
+                                    + ("run without --resume to start one there" if empty else
+                                       "it is not a search's folder either: choose another --out"))
             old = yaml.safe_load(config_file.read_text()) or {}
             if old.get("fingerprint") != fingerprint:
                 diff = _differences(_result_part(old), _result_part(config)) or ["the configuration differs"]
@@ -111,8 +116,18 @@ class RunFolder:
     def load_state(self):
         return SearchState.load(self.path, self.fingerprint)
 
-    def save_state(self, state: SearchState) -> None:
+    def save_state(self, state: SearchState, wall_time: float) -> None:
         state.save(self.path, self.fingerprint)
+        # Beside the checkpoint, not in it: a resumed run's checkpoint stays byte-equal to an uninterrupted one's.
+        atomic_write_json(self.path / WALL_TIME, {"wall_time_s": float(wall_time)})
+
+    def wall_time(self) -> float:
+        """Search time of the earlier sessions of this run, up to their last checkpoint (0 for a new run)."""
+        path = self.path / WALL_TIME
+        try:
+            return float(json.loads(path.read_text())["wall_time_s"]) if path.is_file() else 0.0
+        except (ValueError, KeyError, TypeError):  # damaged by hand: the time is a report, not a result
+            return 0.0
 
     def write_outputs(self, search, tables, stats) -> None:
         from proxylab.search.report import results_table
@@ -126,6 +141,7 @@ class RunFolder:
         results = results_table(search.best_proxy_, tables, stats, fitness=search.select_combine, label=label)
         search.results_ = results
         atomic_write_text(self.path / "results.csv", rows_to_csv(results))
+        atomic_write_json(self.path / WALL_TIME, {"wall_time_s": float(search.wall_time_)})
         atomic_write_json(self.path / "summary.json", {
             "best_proxy": search.best_formula_, "best_origin": search.best_origin_, "selected_by": search.select_by,
             "rejections": _json_safe(search.rejections_),

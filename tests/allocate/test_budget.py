@@ -16,7 +16,7 @@ def test_parse_budget_forms():
     ("size=1", "unknown budget key 'size'"),
     ("size_mb", "KEY=VALUE"),
     ("size_mb=abc", "not a number"),
-    ("size_mb=-1", "not a number"),
+    ("size_mb=-1", "is negative"),
     ("size_mb=0", "positive"),
     ("size_mb=1,size_mb=2", "twice"),
     ("", "no budget"),

@@ -111,14 +111,44 @@ def test_proxy_file_gives_the_same_allocation_as_the_formula(user_net, capsys, t
     (None, [], "does not exist.*best_proxy.txt"),
     ("# nothing\n\n", [], "holds no formula"),
     ("emq\n", ["--proxy", "emq"], "not both"),
+    ("emq\n# a comment\nfisher\n", [], "holds 2 formulas; keep one"),
+    (b"PK\x03\x04\xff\xfe\x00binary", [], "is not a text file"),
 ])
 def test_bad_proxy_file(user_net, capsys, tmp_path, content, extra, message):
     folder, _, _ = user_net
     path = tmp_path / "p.txt"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     code, _, err = _run(capsys, _base(folder) + ["--proxy-file", str(path), "--budget", "size_mb=1"] + extra)
     assert code == 2 and re.search(message, err, re.S), err
+    assert "\x03" not in err and "primitive" not in err  # no file bytes quoted back as a formula
+
+
+def test_a_run_folder_as_proxy_file_points_to_its_best_proxy(user_net, capsys, tmp_path):
+    folder, _, _ = user_net
+    (tmp_path / "best_proxy.txt").write_text("emq\n")
+    code, _, err = _run(capsys, _base(folder) + ["--proxy-file", str(tmp_path), "--budget", "size_mb=1"])
+    assert code == 2 and f"is a folder, not a file: did you mean {tmp_path / 'best_proxy.txt'}?" in err, err
+
+
+def test_a_proxy_over_the_hessian_gets_hessian_statistics(user_net, capsys):
+    """hawqv2, or a search's pick over htrace / heig, allocates: the statistics include the Hessian it needs."""
+    folder, _, _ = user_net
+    for proxy in ("hawqv2", "sum_layers(smul(heig, mean(bW)))"):
+        code, out, err = _run(capsys, _base(folder) + ["--proxy", proxy, "--budget", "size_mb=0.0009",
+                                                       "--format", "json"])
+        assert code == 0, err
+        assert "with the Hessian" in err and json.loads(out)["size_mb"] <= 0.0009
+
+
+def test_a_factory_without_weights_is_warned_about(user_net, capsys):
+    folder, _, _ = user_net
+    argv = [a for a in _base(folder) if a not in ("--weights", str(folder / "w.pt"))]
+    with pytest.warns(UserWarning, match="no weights given for .*tiny.py:tiny.*untrained"):
+        code, _, err = _run(capsys, argv + ["--proxy", "emq", "--budget", "size_mb=0.0009"])
+    assert code == 0, err
 
 
 def test_exactly_one_network_source(capsys):

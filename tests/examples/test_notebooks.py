@@ -95,3 +95,5 @@ def test_notebook_runs_and_draws(name, tmp_path, monkeypatch, kernel_env):
         assert_picture_shows_something(out / picture)
     shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(shown) >= len(pictures)  # displayed inline too, not only written
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Highs" not in text  # the ILP solver's native debug lines stay out of a reader's notebook

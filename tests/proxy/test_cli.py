@@ -127,3 +127,41 @@ def test_proxy_eval_user_errors(capsys, digits_table):
     assert code == 2 and "--weights and --data go with --net" in err
     code, _, err = _run(capsys, "proxy", "eval", "--bench", "no-such-table", "--proxy", "emq")
     assert code == 2 and "no table 'no-such-table'" in err
+
+
+def test_a_table_without_weights_says_how_to_bring_the_network(capsys, stats_cache, digits_table):
+    code, _, err = _run(capsys, "proxy", "eval", "--bench", str(digits_table), "--proxy", "emq")
+    assert code == 2 and "ships no network weights" in err and "--net path/file.py:factory --weights W.pt" in err
+
+
+def test_a_factory_without_weights_is_warned_about(capsys, stats_cache, digits_table):
+    with pytest.warns(UserWarning, match="no weights given for .*digits_net.py:make"):
+        code, _, err = _run(capsys, "proxy", "eval", "--bench", str(digits_table), "--net", f"{NET_FILE}:make",
+                            "--proxy", "bparams")
+    assert code == 0, err
+
+
+def test_a_registered_network_name_is_accepted_with_its_weights(capsys, digits_table):
+    code, _, err = _run(capsys, "proxy", "eval", "--bench", str(digits_table), "--net", "resnet20", "--proxy", "emq")
+    assert code == 2 and "--net resnet20 needs --weights" in err
+    from proxylab.nets import create_net
+
+    torch.save(create_net("resnet20", 10, in_channels=1, image_size=28).state_dict(), digits_table / "r20.pt")
+    code, _, err = _run(capsys, "proxy", "eval", "--bench", str(digits_table), "--net", "resnet20",
+                        "--weights", str(digits_table / "r20.pt"), "--proxy", "bparams", "--no-cache")
+    # built, weighed and measured: only then does it turn out not to be the table's network
+    assert code == 2 and "your network's quantizable layers (22) are not the table's (3)" in err, err
+
+
+def test_a_table_of_a_data_set_proxylab_lacks_asks_for_data(capsys, digits_table, tmp_path):
+    import shutil
+
+    from proxylab.bench import format as fmt
+
+    folder = tmp_path / "imagenet-table"
+    shutil.copytree(digits_table, folder, ignore=shutil.ignore_patterns("cache"))
+    meta = json.loads((folder / fmt.META_FILE).read_text())
+    meta["dataset"] = {"name": "imagenet", "seed": 0}
+    (folder / fmt.META_FILE).write_text(json.dumps(meta))
+    code, _, err = _run(capsys, "proxy", "eval", *_user_args(folder), "--proxy", "emq")
+    assert code == 2 and "measured on 'imagenet', which proxylab has no offline copy of: give --data NAME" in err

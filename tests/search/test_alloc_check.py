@@ -170,7 +170,8 @@ def test_cli_refuses_bad_fractions_before_reading_tables(capsys, tmp_path):
                  "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "strictly between" in err and "Traceback" not in err
-    assert main(["search", "--bench", "no-such-table", "--alloc-fractions", "half", "--out", str(tmp_path / "o")]) == 2
+    assert main(["search", "--bench", "no-such-table", "--select-by", "allocation", "--alloc-fractions", "half",
+                 "--out", str(tmp_path / "o")]) == 2
     assert "--alloc-fractions must be comma-separated numbers" in capsys.readouterr().err
 
 
@@ -212,3 +213,19 @@ def test_a_proxy_allocated_by_evolution_is_not_reported_optimal(tiny):
                              Candidate("mean_layers(mean(bW))", "searched", 0.0)],
                             [table], [stats], FRACTIONS, measures=[lookup(table)])
     assert rows[0]["ilp_optimal"] is False and rows[1]["ilp_optimal"] is True
+
+
+def test_a_known_winner_reports_its_own_search_split_fitness(tiny_pair, monkeypatch):
+    """Not NaN: the known proxy the check picks is scored on the search split by the search's own rule."""
+    import proxylab.search.evolution as evolution
+    from proxylab.search.evaluate import FitnessEvaluator
+
+    tables, stats = (list(x) for x in zip(*tiny_pair))
+    # the pick itself is tested above; here the check is made to pick a known proxy, to see what is reported
+    monkeypatch.setattr(evolution, "chosen_row", lambda rows: next(r for r in rows if r["formula"] == "fisher"))
+    search = ProxySearch(pop=6, iters=3, seed=0, select_by="allocation", alloc_fractions=FRACTIONS).fit(
+        tables, stats, measures=[lookup(t) for t in tables])
+    assert search.best_origin_ == "known" and search.best_formula_ == "fisher"
+    expected = FitnessEvaluator.for_tables(tables, stats, split="search", combine=search.fitness,
+                                           csp=False).evaluate(parse_proxy("fisher")).fitness
+    assert math.isfinite(expected) and search.best_row_["search_fitness"] == pytest.approx(expected)

@@ -66,3 +66,30 @@ def test_search_plot_with_a_bad_suffix_fails_before_searching(capsys, tmp_path):
     assert main(argv) == 2
     assert "must end in" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--bench", "resnet20-mnist5k,resnet20-mnist5k"], "names resnet20-mnist5k more than once"),
+    (["--bench", "resnet20-mnist5k", "--alloc-fractions", "0.2,0.5"], "add that, or drop it"),
+])
+def test_options_that_would_be_silently_ignored_or_double_counted_are_refused(capsys, tmp_path, extra, message):
+    assert main(["search", *extra, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and not (tmp_path / "o").exists()
+
+
+def test_out_that_is_a_file_or_a_foreign_folder_gets_advice_that_works(tiny_pair, tmp_path, capsys, monkeypatch):
+    import proxylab.bench
+    import proxylab.stats
+
+    tables = {t.name: (t, s) for t, s in tiny_pair}
+    monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
+    monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
+    argv = ["search", "--bench", "tiny-a", "--pop", "6", "--iters", "2", "--no-progress"]
+    (tmp_path / "notes.txt").write_text("mine")
+    for resume in ([], ["--resume"]):
+        assert main(argv + ["--out", str(tmp_path / "notes.txt")] + resume) == 2
+        assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert main(argv + ["--out", str(tmp_path), "--resume"]) == 2  # non-empty, but no search in it
+    assert "not a search's folder either: choose another --out" in capsys.readouterr().err
