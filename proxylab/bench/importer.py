@@ -65,6 +65,17 @@ def resnet18_imagenet_layers() -> Tuple[List[str], List[int], List[int], List[Li
 
 
 def _load_trusted_pickle(path: Path, trust_pickle: bool) -> Any:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except FileNotFoundError:
+        raise ProxylabError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise ProxylabError(f"{path} is a folder: give the MQ-Bench-101 release file (a pickle)") from None
+    if head[:1] not in (b"\x80", b"(", b"}"):  # PROTO (protocols >= 2); a dict in protocol 0 / 1
+        raise ProxylabError(f"{path} is not a pickle: `bench import` reads the MQ-Bench-101 release file "
+                            "({idx: {'bit_cfg': ..., 'acc': ...}}); a proxylab table folder opens as it is "
+                            "(--bench FOLDER)")
     if not trust_pickle:
         raise ProxylabError(f"{path} is a pickle, and loading a pickle can run arbitrary code; "
                             "pass --trust-pickle (trust_pickle=True) only for a file from a source you trust")

@@ -63,8 +63,9 @@ class Quantize(Command):
         parser.add_argument("--per-tensor", action="store_true",
                             help="one weight scale per tensor, not per channel (default: the table's with --bench)")
         parser.add_argument("--calib", type=int, default=None,
-                            help="calibration images: the first N of the training split (default 256); with --bench, "
-                                 "of the calib split, default the table's count, as its builder calibrated")
+                            help="calibration images: the first N of the data set's calib split, as tables and "
+                                 "`allocate --measure` calibrate (default: the table's count with --bench, else 256 "
+                                 "or the whole split when it is smaller)")
         parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         parser.add_argument("--seed", type=int, default=0, help="data split seed (default 0)")
         parser.add_argument("--layers", action="store_true", help="also print the per-layer table")
@@ -80,7 +81,7 @@ class Quantize(Command):
             raise ProxylabError(f"--calib must be >= 1 image, got {args.calib}")
         # With --bench the table's own settings are the defaults, so that a row's bits reproduce its accuracy.
         ref = _table_reference(args.bench) if args.bench and not (args.net or args.checkpoint) else None
-        defaults = ref or {"protocol": "rtn", "act_bits": 8, "calib": 256, "per_channel": True}
+        defaults = ref or {"protocol": "rtn", "act_bits": 8, "calib": None, "per_channel": True}
         act_bits = defaults["act_bits"] if args.act_bits is None else _act_bits(str(args.act_bits))
         protocol = PROTOCOLS.get(args.protocol or defaults["protocol"])
         calib = defaults["calib"] if args.calib is None else args.calib
@@ -114,9 +115,12 @@ class Quantize(Command):
             notes.append(f"{who} was trained on '{trained_on}', measured here on --data {args.data}")
         if notes and ref is not None:
             notes.append("so quant_acc need not equal the table's acc")
-        # Tables calibrate on the calib split (bench/measure.py); a checkpoint on its training split.
-        split = "calib" if ref is not None else "train"
-        calib_x = getattr(dataset, split).x
+        # Every measurement calibrates on the calib split (tables: bench/measure.py; allocate --measure), so the
+        # same bits give the same accuracy whichever command measured them.
+        split = "calib"
+        calib_x = dataset.calib.x
+        if calib is None:
+            calib = min(256, len(calib_x))
         if calib > len(calib_x):
             raise ProxylabError(f"--calib {calib}: the {dataset.name} {split} split holds {len(calib_x)} images; "
                                 f"give --calib {len(calib_x)} or fewer")

@@ -98,15 +98,27 @@ def build_net_from_config(config: Mapping[str, Any], base_dir: Optional[PathLike
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """A state_dict from a weights file; also accepts {"state_dict": ...} / {"model": ...} wrappers."""
+    save_hint = "save one with torch.save(model.state_dict(), path)"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(4)
     except FileNotFoundError:
         raise ProxylabError(f"weights file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ProxylabError(f"weights '{path}' is a folder: give the weights file inside it") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
+        raise ProxylabError(f"weights file '{path}' is not a PyTorch file (torch.save writes a zip archive); "
+                            f"{save_hint}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refusals and corrupt files arrive as many exception types
-        first = first_line(e)  # torch's own text runs to a dozen lines of advice (weights_only, allowlists)
+        if "Weights only load failed" in str(e):  # torch's text would advise weights_only=False: not here
+            raise ProxylabError(f"weights file '{path}' holds Python objects besides tensors (a whole pickled "
+                                "model?), which proxylab does not unpickle because unpickling can run code; "
+                                f"{save_hint}") from None
+        first = first_line(e)
         raise ProxylabError(f"cannot load weights '{path}' as a plain PyTorch state_dict ({type(e).__name__}"
-                            f"{': ' + first if first else ''}); save one with torch.save(model.state_dict(), path)"
-                            ) from None
+                            f"{': ' + first if first else ''}); {save_hint}") from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -67,6 +67,21 @@ def test_allocate_prints_and_writes(user_net, capsys, tmp_path):
     assert res["size_mb"] == pytest.approx(qn.size_mb(bits)) and res["bitops"] == qn.bitops(bits)
 
 
+def test_quantize_measures_an_allocation_as_allocate_measure_did(user_net, capsys):
+    """Both calibrate on the calib split: the same bits give the same accuracy whichever command measured them."""
+    folder, _, _ = user_net
+    code, out, err = _run(capsys, _base(folder) + ["--proxy", "emq", "--budget", "size_mb=0.0009", "--measure",
+                                                   "--format", "json"])
+    assert code == 0, err
+    res = json.loads(out)
+    bits = " ".join(str(r["bits"]) for r in res["layers"])
+    code, out, err = _run(capsys, ["quantize", "--net", f"{folder / 'tiny.py'}:tiny", "--weights", str(folder / "w.pt"),
+                                   "--data", "digits", "--bits", bits, "--format", "json"])
+    assert code == 0, err
+    q = json.loads(out)
+    assert q["quant_acc"] == pytest.approx(res["acc"]) and q["calibration"].startswith("digits calib split")
+
+
 def test_allocate_all_allocators_table_output(user_net, capsys):
     folder, _, _ = user_net
     code, out, err = _run(capsys, _base(folder) + ["--allocator", "all", "--proxy", "emq",

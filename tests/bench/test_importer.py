@@ -100,6 +100,16 @@ def test_pickle_is_refused_without_trust(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_that_is_not_a_pickle_is_named_as_such_not_as_an_untrusted_pickle(tmp_path):
+    (tmp_path / "table.csv").write_text("cfg_id,bits,acc\n0,4 4,0.9\n")
+    for trust in (False, True):
+        with pytest.raises(ProxylabError, match="table.csv is not a pickle: .*--bench FOLDER"):
+            import_mqbench101(tmp_path / "table.csv", tmp_path / "out", trust_pickle=trust)
+    with pytest.raises(ProxylabError, match="is a folder"):
+        import_mqbench101(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"bit_cfg": "(4, 4)", "acc": 50.0}, "bit_cfg has 2 bit-widths"),
     ({"bit_cfg": str(tuple([4] * 18)), "acc": float("nan")}, "acc is nan"),

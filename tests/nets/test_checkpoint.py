@@ -104,8 +104,34 @@ def test_pickled_code_is_refused(tmp_path):
 
     save_checkpoint(tmp_path, create_net("resnet20", 7, 3, 32), _config())
     torch.save({"conv1.weight": Evil()}, tmp_path / "weights.pt")
-    with pytest.warns(UserWarning, match="sha256 mismatch"), pytest.raises(ProxylabError, match="plain PyTorch state_dict"):
+    with pytest.warns(UserWarning, match="sha256 mismatch"), \
+            pytest.raises(ProxylabError, match="holds Python objects besides tensors") as exc:
         load_checkpoint(tmp_path)
+    assert "weights_only=False" not in str(exc.value)  # torch's advice to unpickle anyway is not passed on
+
+
+@pytest.mark.parametrize("what,content,message", [
+    ("text", b"# my notes\n", "is not a PyTorch file"),
+    ("a whole model", None, "holds Python objects besides tensors"),
+    ("a truncated file", "cut", "cannot load weights .* as a plain PyTorch state_dict"),
+])
+def test_a_file_that_is_not_a_state_dict_says_what_it_is(tmp_path, what, content, message):
+    from proxylab.nets.checkpoint import read_state_dict
+
+    path = tmp_path / "w.pt"
+    model = create_net("resnet20", 7, 3, 32)
+    if content is None:
+        torch.save(model, path)
+    elif content == "cut":
+        torch.save(model.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ProxylabError, match=message) as exc:
+        read_state_dict(path)
+    assert "weights_only=False" not in str(exc.value), what
+    with pytest.raises(ProxylabError, match="is a folder"):
+        read_state_dict(tmp_path)
 
 
 def test_build_net_from_config_rebuilds_the_architecture():

@@ -101,10 +101,10 @@ def test_quantize_refuses_more_calibration_images_than_the_split_holds(checkpoin
     from proxylab.data import get_dataset
 
     ckpt, _ = checkpoint
-    n_train = len(get_dataset("digits").train)
+    n_calib = len(get_dataset("digits").calib)
     code, _, err = _run(capsys, "--checkpoint", ckpt, "--bits", " ".join(["4"] * 22), "--calib", "100000")
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "--calib 100000" in err and f"digits train split holds {n_train}" in err, err
+    assert "--calib 100000" in err and f"digits calib split holds {n_calib}" in err, err
 
 
 def test_quantize_on_data_of_other_channels_names_the_training_data(checkpoint, capsys):
