@@ -91,6 +91,8 @@ class RunFolder:
                                     f"choose another --out")
             for stale in self.path.glob(".*.tmp"):  # a write the kill interrupted; the target file is whole
                 stale.unlink()
+            if old != {**config, "fingerprint": fingerprint}:  # same result part: only how it runs (scheduler, ...)
+                atomic_write_text(config_file, yaml.safe_dump({**config, "fingerprint": fingerprint}, sort_keys=False))
         else:
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
                 raise ProxylabError(f"output folder {self.path} already exists and is not empty: add --resume to "
@@ -104,7 +106,11 @@ class RunFolder:
         gave. A resume with other statistics would mix two sets of scores silently, so it is refused."""
         path = self.path / STATS_ORIGIN
         if resume and path.is_file():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+            except ValueError:
+                raise ProxylabError(f"--resume: {path} is damaged, so the statistics the run started with are "
+                                    f"unknown; delete that file to resume without this check") from None
             if old != origin:
                 raise ProxylabError(
                     f"--resume: {self.path} was searched with other statistics ({', '.join(old)}; now "

@@ -88,6 +88,9 @@ def test_resuming_a_finished_run_rewrites_the_same_results(tiny, tmp_path, one_t
     first = ProxySearch(**CONFIG, iters=5, out_dir=out).fit([table], [stats])
     again = ProxySearch(**{**CONFIG, "checkpoint_every": 2}, iters=5, out_dir=out, resume=True).fit([table], [stats])
     assert again.history_ == first.history_ and again.best_formula_ == first.best_formula_
+    import yaml  # how the run executes is updated on resume (the result part is the same, or it is refused)
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["checkpoint_every"] == 2
     # the run's wall time counts every session: the resume adds to it, never replaces it with its own second
     assert again.wall_time_ > first.wall_time_
     assert json.loads((out / "summary.json").read_text())["wall_time_s"] == pytest.approx(again.wall_time_)
