@@ -128,8 +128,11 @@ def solve_ilp(
         raise RuntimeError("ILP kept returning configurations over the budget")
 
     value = float(aggregate(scores[np.arange(L), idx], aggregator))
+    # A re-solve under a tightened limit is optimal for that limit: a configuration between it and the budget
+    # (within the solver's feasibility tolerance of the budget) could score higher, so it is not called optimal.
     return problem.make_allocation(
-        idx, allocator, "ilp", score=value, optimal=bool(res.status == 0), solver=str(res.message)
+        idx, allocator, "ilp", score=value, optimal=bool(res.status == 0) and _attempt == 0,
+        solver=str(res.message) + (f"; re-solved {_attempt} time(s) under a tightened limit" if _attempt else "")
     )
 
 
