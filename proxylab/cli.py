@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import threading
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -136,6 +137,25 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+_warning_lock = threading.Lock()
+_warning_users = [0, None]  # commands running now (main() may run in threads), the format to put back
+
+
+def _short_warnings(on: bool) -> None:
+    """One "warning: ..." line like the "error: ..." ones, not Python's file:line plus the warning's source line,
+    while any command runs. formatwarning, not showwarning: pytest.warns and other recorders keep working."""
+    with _warning_lock:
+        if on:
+            if _warning_users[0] == 0:
+                _warning_users[1] = warnings.formatwarning
+                warnings.formatwarning = _format_warning
+            _warning_users[0] += 1
+        else:
+            _warning_users[0] -= 1
+            if _warning_users[0] == 0:
+                warnings.formatwarning = _warning_users[1]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from proxylab.errors import ProxylabError
 
@@ -166,10 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     command.add_arguments(parser)
     args = parser.parse_args(rest)
-    # One "warning: ..." line like the "error: ..." ones, not Python's file:line plus the warning's source line.
-    # formatwarning, not showwarning: pytest.warns and other recorders keep working around main().
-    shown = warnings.formatwarning
-    warnings.formatwarning = _format_warning
+    _short_warnings(True)
     try:
         result = command.run(args)
     except ProxylabError as e:
@@ -179,7 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(getattr(command, "interrupted", "interrupted"), file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = shown
+        _short_warnings(False)
     text = render(result, args.format)
     if text:
         try:

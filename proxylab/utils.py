@@ -8,12 +8,12 @@ import json
 import math
 import os
 import random
-import tempfile
+import secrets
 import threading
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -41,28 +41,29 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-# Read once at import (setting it back and forth later could race with threads creating files).
-_UMASK = _read_umask()
+def _create_temporary(folder: Path, name: str) -> Tuple[int, str]:
+    """An exclusive new file beside the target. Created with mode 0o666 so the kernel applies the process's
+    umask (and a folder's default ACL) as for a plain open(); tempfile.mkstemp would force 0600."""
+    for _ in range(100):
+        tmp = str(folder / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {folder / name}")
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: a killed job never leaves half a file. The file
-    gets the permissions a plain open() would give (mkstemp's are 0600): a replaced file keeps its own."""
+    """Write via a temporary file in the same folder and rename: a killed job never leaves half a file. A new
+    file gets the permissions a plain open() would; a replaced file keeps its own."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path.parent, path.name)
     try:
         try:
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_UMASK
-        os.fchmod(fd, mode)
+            os.fchmod(fd, path.stat().st_mode & 0o7777)
+        except (OSError, AttributeError):  # a new file, a file system without modes, no fchmod: as created
+            pass
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

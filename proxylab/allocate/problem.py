@@ -198,7 +198,7 @@ def _integer_limit(value: float) -> int:
     """The largest integer count <= value, where a value within float error of an integer IS that integer:
     bitops=541919.759028M multiplies out to 541919759027.99994 in floats, and must still allow 541919759028."""
     nearest = round(value)
-    if abs(value - nearest) <= 1e-12 * max(1.0, abs(value)):
+    if abs(value - nearest) <= 4 * np.spacing(abs(value)):  # a few float steps: rounding, never a real excess
         return int(nearest)
     return int(math.floor(value))
 

@@ -206,6 +206,17 @@ def _check_not_a_file(out: Path) -> None:
         raise ProxylabError(f"--out {out}{where} is a file, not a folder: give a folder path for --out")
 
 
+# Written before training: a folder holding it (and no meta.json yet) is a build of these settings killed early.
+BUILD_MARK = ".build-settings.json"
+
+
+def _read_mark(out: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads((out / BUILD_MARK).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _check_resume(out: Path, settings: BuildSettings) -> Optional[Dict[str, Any]]:
     """The meta.json of the build in ``out`` to resume, or None for a new build; a folder holding anything
     else (a search run, a checkpoint) is refused, so a build never mixes with or replaces other files."""
@@ -215,15 +226,18 @@ def _check_resume(out: Path, settings: BuildSettings) -> Optional[Dict[str, Any]
         if (out / fmt.TABLE_FILE).exists():
             raise ProxylabError(f"{out / fmt.TABLE_FILE} exists without {fmt.META_FILE}: the folder is not a "
                                 "proxylab build; choose an empty --out")
+        mark = _read_mark(out)
+        if mark is not None:  # a build killed before meta.json (training, protocol trial): ours to start again
+            if mark != json.loads(json.dumps(settings.identity())):
+                raise ProxylabError(f"{out} holds the start of a build with other settings; rerun that build's "
+                                    "command to continue it, or choose another --out")
+            return None
         # a kill mid atomic write leaves only a hidden .tmp file: that folder is still ours to start in
         held = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))) \
             if out.is_dir() else []
-        if held:
-            # weights.pt alone may be a build killed before meta.json, or someone's weights: never overwrite them
-            hint = (f" (a build killed before it wrote {fmt.META_FILE} leaves only {fmt.WEIGHTS_FILE}: if so, delete "
-                    "the folder and rerun)") if held == [fmt.WEIGHTS_FILE] else ""
+        if held:  # a search run, a checkpoint, someone's weights.pt: never mixed with or overwritten
             raise ProxylabError(f"output folder {out} already exists and is not empty, with no {fmt.META_FILE} of a "
-                                f"build to resume{hint}: choose another --out, or delete it")
+                                f"build to resume: choose another --out, or delete it")
         return None
     meta = fmt.read_meta(out)
     old = meta.get("build_settings")
@@ -300,6 +314,8 @@ def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: b
     settings.validate()
     meta = _check_resume(out, settings)
     out.mkdir(parents=True, exist_ok=True)
+    if meta is None:
+        atomic_write_json(out / BUILD_MARK, settings.identity())
     if meta is not None and meta.get("status") == "complete":
         log(f"{out}: the table is already complete ({meta['summary']['n_rows']} rows)")
         return BenchTable.load(out)
@@ -330,6 +346,7 @@ def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: b
             meta["protocol"]["requested"] = AUTO_PROTOCOL
             meta["protocol_trial"] = trial
         atomic_write_json(out / fmt.META_FILE, meta)
+        (out / BUILD_MARK).unlink(missing_ok=True)  # meta.json now says what this folder holds
         if trial_rows:  # the chosen protocol's trial configurations are the plan's first rows: keep them
             sizes, ops = qn.size_mb(np.array(plan, dtype=np.int64)), qn.bitops(np.array(plan, dtype=np.int64))
             with RowWriter(out / fmt.TABLE_FILE) as writer:

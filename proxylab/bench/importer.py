@@ -72,6 +72,8 @@ def _load_trusted_pickle(path: Path, trust_pickle: bool) -> Any:
         raise ProxylabError(f"{path} does not exist") from None
     except IsADirectoryError:
         raise ProxylabError(f"{path} is a folder: give the MQ-Bench-101 release file (a pickle)") from None
+    except OSError as e:  # a path through a file, no permission, ...
+        raise ProxylabError(f"cannot read {path}: {e.strerror or e}") from None
     if head[:1] not in (b"\x80", b"(", b"}"):  # PROTO (protocols >= 2); a dict in protocol 0 / 1
         raise ProxylabError(f"{path} is not a pickle: `bench import` reads the MQ-Bench-101 release file "
                             "({idx: {'bit_cfg': ..., 'acc': ...}}); a proxylab table folder opens as it is "

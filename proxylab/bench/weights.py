@@ -84,9 +84,10 @@ def load_reference_network(table) -> Tuple[Any, Any, Dict[str, Any]]:
     if not meta.get("weights") or not meta.get("network"):
         source = meta.get("source", {}).get("format", "an external release")
         raise ProxylabError(f"table '{table.name}' ships no network weights (it was imported from {source}), so "
-                            "its statistics need your copy of the network: pass --net path/file.py:factory "
-                            "--weights W.pt --data NAME (in Python, compute_stats on that model), or use a table "
-                            "built by `proxylab bench build`")
+                            "whatever needs the network (statistics, PTQ) needs your copy of it: `proxy eval`, "
+                            "`allocate` and `quantize` take --net path/file.py:factory --weights W.pt --data NAME "
+                            "(in Python: compute_stats on that model); `search` needs a table built by "
+                            "`proxylab bench build`")
     if table.folder is None:
         raise ProxylabError(f"table '{table.name}' was built in memory and has no folder holding {fmt.WEIGHTS_FILE}")
     fmt.verify_sha256(table.folder, meta, [meta["weights"]])

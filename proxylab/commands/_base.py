@@ -45,10 +45,11 @@ def parse_bits_list(text: str) -> list:
     return parse_int_list(text, "bit list")
 
 
-def announce_stats(of: str, hessian: bool) -> None:
+def announce_stats(of: str, hessian: bool, cached: bool = True) -> None:
     """One stderr line before a statistics pass, which can run for minutes the first time with no other output."""
     import sys
 
-    cost = ("the Hessian can take several minutes" if hessian else "this can take a minute")
-    print(f"statistics on {of}{' with the Hessian' if hessian else ''}: read from the cache, or computed once and "
-          f"cached ({cost} the first time)...", file=sys.stderr)
+    cost = "the Hessian can take several minutes" if hessian else "this can take a minute"
+    how = f"read from the cache, or computed once and cached ({cost} the first time)" if cached else \
+        f"computed, not cached ({cost})"
+    print(f"statistics on {of}{' with the Hessian' if hessian else ''}: {how}...", file=sys.stderr)

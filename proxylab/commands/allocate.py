@@ -63,8 +63,8 @@ class Allocate(Command):
         if args.proxy is not None:
             from proxylab.allocate import resolve_proxy
 
-            # a bad formula fails before the slow statistics pass
-            proxy_needs_hessian = "proxylab" in names and resolve_proxy(args.proxy).uses_hessian
+            proxy = resolve_proxy(args.proxy)  # a bad formula fails before the slow statistics pass
+            proxy_needs_hessian = "proxylab" in names and proxy.uses_hessian
 
         model, dataset, source = load_network(args)
         _check_budget_cheaply(model, dataset, bits, args.act_bits, budget)
@@ -158,7 +158,7 @@ def _check_budget_cheaply(model, dataset, bits, act_bits, budget) -> None:
 def _stats(model, dataset, bits, args, hessian: bool):
     from proxylab.stats import compute_stats, default_cache_dir
 
-    announce_stats(f"{args.batch_size} calibration images of {dataset.name}", hessian)
+    announce_stats(f"{args.batch_size} calibration images of {dataset.name}", hessian, cached=not args.no_cache)
     return compute_stats(model, dataset.calib.x, dataset.calib.y, bit_choices=tuple(bits),
                          batch_size=args.batch_size, seed=args.seed, hessian=hessian,
                          act_max_elements=args.act_max_elements,

@@ -110,7 +110,8 @@ class ProxyEval(Command):
         if not args.net:
             if args.weights or args.data:
                 raise ProxylabError("--weights and --data go with --net (your own network); drop them or add --net")
-            announce_stats(f"{table.name}'s network", hessian)
+            if table.meta.get("weights"):  # (a table without them fails at once, with its own message)
+                announce_stats(f"{table.name}'s network", hessian, cached=cache is not None)
             return stats_for_table(table, cache_dir=cache, **options)
         from proxylab.commands._network import network_from_spec
         from proxylab.data import get_dataset, list_datasets
@@ -123,7 +124,7 @@ class ProxyEval(Command):
                                 f"copy of: give --data NAME for your network's statistics (see `proxylab data list`)")
         ds = get_dataset(data_name, seed=int((table.meta.get("dataset") or {}).get("seed", 0)))
         model = network_from_spec(args.net, args.weights, ds)
-        announce_stats(f"{args.net}", hessian)
+        announce_stats(f"{args.net}", hessian, cached=cache is not None)
         stats = compute_stats(model, ds.calib.x, ds.calib.y, bit_choices=table.bit_choices, cache_dir=cache, **options)
         if list(stats.layer_names) != list(table.layer_names):
             raise ProxylabError(

@@ -81,10 +81,10 @@ class Quantize(Command):
             raise ProxylabError(f"--calib must be >= 1 image, got {args.calib}")
         # With --bench the table's own settings are the defaults, so that a row's bits reproduce its accuracy.
         ref = _table_reference(args.bench) if args.bench and not (args.net or args.checkpoint) else None
-        defaults = ref or {"protocol": "rtn", "act_bits": 8, "calib": None, "per_channel": True}
+        defaults = ref or {"protocol": "rtn", "act_bits": 8, "per_channel": True}
         act_bits = defaults["act_bits"] if args.act_bits is None else _act_bits(str(args.act_bits))
         protocol = PROTOCOLS.get(args.protocol or defaults["protocol"])
-        calib = defaults["calib"] if args.calib is None else args.calib
+        calib = args.calib  # None: the table's count, or 256, capped at the split once the data is loaded
         per_channel = False if args.per_tensor else defaults["per_channel"]
         if args.device != "cpu":
             import torch
@@ -95,6 +95,15 @@ class Quantize(Command):
         from proxylab.quant import QuantizedNetwork
 
         model, dataset, source = load_network(args)
+        # Every measurement calibrates on the calib split (tables: bench/measure.py; allocate --measure), so the
+        # same bits give the same accuracy whichever command measured them. Like the builder, a count above the
+        # split's size means the whole split (a digits table's 256 are its 200 images).
+        split = "calib"
+        calib_x = dataset.calib.x
+        if ref is not None:
+            ref["calib"] = min(ref["calib"], len(calib_x))
+        if calib is None:
+            calib = ref["calib"] if ref is not None else min(256, len(calib_x))
         notes = []
         if ref is not None:
             trained_on, channels, who = ref["data"], ref["in_channels"], f"table {args.bench}'s network"
@@ -115,12 +124,6 @@ class Quantize(Command):
             notes.append(f"{who} was trained on '{trained_on}', measured here on --data {args.data}")
         if notes and ref is not None:
             notes.append("so quant_acc need not equal the table's acc")
-        # Every measurement calibrates on the calib split (tables: bench/measure.py; allocate --measure), so the
-        # same bits give the same accuracy whichever command measured them.
-        split = "calib"
-        calib_x = dataset.calib.x
-        if calib is None:
-            calib = min(256, len(calib_x))
         if calib > len(calib_x):
             raise ProxylabError(f"--calib {calib}: the {dataset.name} {split} split holds {len(calib_x)} images; "
                                 f"give --calib {len(calib_x)} or fewer")

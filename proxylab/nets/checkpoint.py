@@ -106,6 +106,8 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
         raise ProxylabError(f"weights file '{path}' does not exist") from None
     except IsADirectoryError:
         raise ProxylabError(f"weights '{path}' is a folder: give the weights file inside it") from None
+    except OSError as e:  # a path through a file, no permission, ...
+        raise ProxylabError(f"cannot read weights file '{path}': {e.strerror or e}") from None
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
         raise ProxylabError(f"weights file '{path}' is not a PyTorch file (torch.save writes a zip archive); "
                             f"{save_hint}")

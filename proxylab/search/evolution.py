@@ -157,12 +157,12 @@ class ProxySearch:
             from proxylab.stats import stats_for_table
 
             stats = [stats_for_table(t) for t in tables]
-            origin = ["default"] * len(tables)
+            source = "default"
         else:
             stats = list(stats)
-            origin = [stats_digest(st) for st in stats]
+            source = "given"
         if folder:
-            folder.check_stats(origin, self.resume)
+            folder.check_stats([{"source": source, "digest": stats_digest(st)} for st in stats], self.resume)
         _check_hessian(space, tables, stats)
         # The search's own time (statistics are computed once and cached), over every session of a resumed run.
         earlier = folder.wall_time() if folder else 0.0

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import yaml
@@ -74,6 +74,7 @@ class RunFolder:
     def __init__(self, path, config: Dict[str, Any], fingerprint: str, resume: bool):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self._pending_config: Optional[Dict[str, Any]] = None
         config_file = self.path / CONFIG
         if self.path.exists() and not self.path.is_dir():
             raise ProxylabError(f"--out {self.path} is a file, not a folder: give a new folder's path")
@@ -91,8 +92,9 @@ class RunFolder:
                                     f"choose another --out")
             for stale in self.path.glob(".*.tmp"):  # a write the kill interrupted; the target file is whole
                 stale.unlink()
-            if old != {**config, "fingerprint": fingerprint}:  # same result part: only how it runs (scheduler, ...)
-                atomic_write_text(config_file, yaml.safe_dump({**config, "fingerprint": fingerprint}, sort_keys=False))
+            # same result part, so only how it runs (scheduler, ...) can differ: written once check_stats passes
+            self._pending_config = None if old == {**config, "fingerprint": fingerprint} else \
+                {**config, "fingerprint": fingerprint}
         else:
             if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
                 raise ProxylabError(f"output folder {self.path} already exists and is not empty: add --resume to "
@@ -100,24 +102,33 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_file, yaml.safe_dump({**config, "fingerprint": fingerprint}, sort_keys=False))
 
-    def check_stats(self, origin: List[str], resume: bool) -> None:
+    def check_stats(self, origin: List[Dict[str, str]], resume: bool) -> None:
         """The run's fitness cache and population were scored with these statistics. ``origin`` per table:
-        "default" (the table's own, computed from the fingerprinted table) or the digest of statistics the caller
-        gave. A resume with other statistics would mix two sets of scores silently, so it is refused."""
+        {"source": "default" (the table's own, from the fingerprinted table) or "given", "digest": content}.
+        A resume with other statistics would mix two sets of scores silently, so it is refused; the table's own
+        statistics recomputed (a cleared cache, other threads: last-bit differences) are the same statistics."""
         path = self.path / STATS_ORIGIN
         if resume and path.is_file():
             try:
                 old = json.loads(path.read_text())
+                if not (isinstance(old, list) and len(old) == len(origin)
+                        and all(isinstance(o, dict) and {"source", "digest"} <= set(o) for o in old)):
+                    raise ValueError
             except ValueError:
                 raise ProxylabError(f"--resume: {path} is damaged, so the statistics the run started with are "
                                     f"unknown; delete that file to resume without this check") from None
-            if old != origin:
-                raise ProxylabError(
-                    f"--resume: {self.path} was searched with other statistics ({', '.join(old)}; now "
-                    f"{', '.join(origin)}; 'default' = the tables' own): its cached scores would mix with new ones. "
-                    f"Resume with the statistics it started with, or choose another --out")
+            for before, now in zip(old, origin):
+                both_default = before["source"] == now["source"] == "default"
+                if not both_default and before["digest"] != now["digest"]:
+                    raise ProxylabError(
+                        f"--resume: {self.path} was searched with other statistics ({before['source']} "
+                        f"{before['digest']}; now {now['source']} {now['digest']}): its cached scores would mix with "
+                        f"new ones. Resume with the statistics it started with, or choose another --out")
         elif not path.is_file():  # runs from before this file was kept are resumed as they are
             atomic_write_json(path, origin)
+        if self._pending_config is not None:
+            atomic_write_text(self.path / CONFIG, yaml.safe_dump(self._pending_config, sort_keys=False))
+            self._pending_config = None
 
     def load_state(self):
         return SearchState.load(self.path, self.fingerprint)

@@ -72,6 +72,9 @@ def test_a_decimal_bitops_budget_with_a_suffix_allows_exactly_that_count():
         p.check_feasible(parse_budget(text))
     p = AllocationProblem([1], [10**11], (1,), act_bits=1)
     assert not p.fits(np.array([1]), Budget(bitops=10**11 - 1))  # and one below does not
+    p = AllocationProblem([1], [541919759028], (1,), act_bits=1)
+    for below in (Budget(bitops=541919759027.5), parse_budget("bitops=541.9197590275G")):
+        assert not p.fits(np.array([1]), below)  # half a BitOp short is short, not float error
 
 
 @pytest.mark.parametrize("params", [1234561, 7, 999_999_999, 3_000_000])

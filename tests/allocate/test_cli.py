@@ -100,6 +100,7 @@ def test_allocate_all_allocators_table_output(user_net, capsys):
     (["--budget", "size_mb=1"], "needs --proxy"),
     (["--proxy", "mean_layers(mean(invert(sub(W, W))))", "--budget", "size_mb=1"], "cannot score this network"),
     (["--proxy", "mean_layers(mean(bX))", "--budget", "size_mb=1"], "bX"),
+    (["--proxy", "mean_layers(bogus(", "--allocator", "uniform", "--budget", "size_mb=1"], "unknown primitive 'bogus'"),
 ])
 def test_bad_input_is_one_clear_line(user_net, capsys, extra, message):
     folder, _, _ = user_net

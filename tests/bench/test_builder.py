@@ -1,6 +1,7 @@
 """End-to-end builds on a tiny real setup (ResNet-20 on 8x8 digits, one epoch): every number of the table is
 checked against an independent measurement with proxylab.quant, and the build against kills and restarts."""
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -200,3 +201,37 @@ def test_unreachable_scheduler_is_a_clear_error(checkpoint, tmp_path):
     with pytest.raises(ProxylabError, match="cannot reach the Dask scheduler"):
         build_table(tmp_path / "t", _settings(checkpoint, n=3), scheduler="tcp://127.0.0.1:1", progress=False,
                     scheduler_timeout=2)
+
+
+def test_a_build_killed_before_its_meta_json_starts_again_on_rerun(checkpoint, tmp_path):
+    """Killed after weights.pt but before meta.json (training, the protocol trial): the rerun of the same command
+    starts the build again in that folder; other settings are refused, and the folder is left as it was."""
+    from proxylab.bench.builder import BUILD_MARK
+
+    reference = build_table(tmp_path / "ref", _settings(checkpoint, n=3), progress=False)
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / BUILD_MARK).write_text(json.dumps(_settings(checkpoint, n=3).identity()))  # what the build wrote first
+    (out / "weights.pt").write_bytes(b"half-written by the killed build")
+    with pytest.raises(ProxylabError, match="start of a build with other settings"):
+        build_table(out, _settings(checkpoint, n=4), progress=False)
+    assert (out / "weights.pt").read_bytes() == b"half-written by the killed build"
+    again = build_table(out, _settings(checkpoint, n=3), progress=False)
+    np.testing.assert_array_equal(again.acc, reference.acc)
+    assert not (out / BUILD_MARK).exists()  # once meta.json is written it says what the folder holds
+
+
+def test_quantize_bench_reproduces_a_digits_tables_rows_whose_calib_count_exceeds_the_split(checkpoint, tmp_path,
+                                                                                            capsys):
+    """digits' calib split holds 200 images, fewer than the default 256: the builder calibrated on all 200, and so
+    must `quantize --bench`, without an error or a note about a difference there is not."""
+    from proxylab.cli import main
+
+    table = build_table(tmp_path / "t", _settings(checkpoint, n=3), progress=False)
+    assert table.meta["protocol"]["calib_size"] == 256 > 200
+    for i in (0, len(table) - 1):
+        bits = " ".join(str(int(b)) for b in table.bits[i])
+        assert main(["quantize", "--bench", str(tmp_path / "t"), "--bits", bits, "--format", "json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["quant_acc"] == out["table_acc"] == pytest.approx(float(table.acc[i]), abs=0)
+        assert "note" not in out and out["calibration"] == "digits calib split, first 200 images"

@@ -107,6 +107,8 @@ def test_a_file_that_is_not_a_pickle_is_named_as_such_not_as_an_untrusted_pickle
             import_mqbench101(tmp_path / "table.csv", tmp_path / "out", trust_pickle=trust)
     with pytest.raises(ProxylabError, match="is a folder"):
         import_mqbench101(tmp_path, tmp_path / "out")
+    with pytest.raises(ProxylabError, match="cannot read .*Not a directory"):
+        import_mqbench101(tmp_path / "table.csv" / "mq.pkl", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -132,6 +132,8 @@ def test_a_file_that_is_not_a_state_dict_says_what_it_is(tmp_path, what, content
     assert "weights_only=False" not in str(exc.value), what
     with pytest.raises(ProxylabError, match="is a folder"):
         read_state_dict(tmp_path)
+    with pytest.raises(ProxylabError, match="cannot read weights file .*Not a directory"):
+        read_state_dict(path / "w.pt")  # a path through a file
 
 
 def test_build_net_from_config_rebuilds_the_architecture():

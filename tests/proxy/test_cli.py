@@ -132,6 +132,7 @@ def test_proxy_eval_user_errors(capsys, digits_table):
 def test_a_table_without_weights_says_how_to_bring_the_network(capsys, stats_cache, digits_table):
     code, _, err = _run(capsys, "proxy", "eval", "--bench", str(digits_table), "--proxy", "emq")
     assert code == 2 and "ships no network weights" in err and "--net path/file.py:factory --weights W.pt" in err
+    assert "statistics on" not in err  # no "computing..." line before an error that comes at once
 
 
 def test_a_factory_without_weights_is_warned_about(capsys, stats_cache, digits_table):

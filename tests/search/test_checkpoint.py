@@ -75,11 +75,23 @@ def test_refusals_leave_the_folder_untouched(tiny, tmp_path, one_thread):
         ProxySearch(**CONFIG, iters=4, out_dir=out, resume=True).fit([other], [stats])
     scaled = stats.to_dict()  # same network layout, other statistics (as another network's would be)
     scaled["tensors"] = {k: [2 * t for t in ts] for k, ts in scaled["tensors"].items()}
-    with pytest.raises(ProxylabError, match="searched with other statistics"):
-        ProxySearch(**CONFIG, iters=4, out_dir=out, resume=True).fit([table], [NetworkStats.from_dict(scaled)])
-    assert snapshot(out) == before
+    with pytest.raises(ProxylabError, match="searched with other statistics"):  # also with a new checkpoint_every
+        ProxySearch(**{**CONFIG, "checkpoint_every": 2}, iters=4, out_dir=out,
+                    resume=True).fit([table], [NetworkStats.from_dict(scaled)])
+    assert snapshot(out) == before  # config.yaml included: a refused resume changes nothing
     with pytest.raises(ProxylabError, match="no search to resume"):
         ProxySearch(**CONFIG, iters=4, out_dir=tmp_path / "empty", resume=True).fit([table], [stats])
+
+
+def test_the_same_statistics_resume_however_they_are_passed(tiny, tmp_path, one_thread):
+    table, stats = tiny
+    out = tmp_path / "run"
+    ProxySearch(**CONFIG, iters=4, out_dir=out).fit([table], [stats])
+    same = NetworkStats.from_dict(stats.to_dict())  # an equal copy, as a notebook would rebuild it
+    assert ProxySearch(**CONFIG, iters=4, out_dir=out, resume=True).fit([table], [same]).best_formula_
+    (out / "stats_origin.json").write_text("null")
+    with pytest.raises(ProxylabError, match="stats_origin.json is damaged"):
+        ProxySearch(**CONFIG, iters=4, out_dir=out, resume=True).fit([table], [same])
 
 
 def test_resuming_a_finished_run_rewrites_the_same_results(tiny, tmp_path, one_thread):

@@ -93,3 +93,20 @@ def test_out_that_is_a_file_or_a_foreign_folder_gets_advice_that_works(tiny_pair
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert main(argv + ["--out", str(tmp_path), "--resume"]) == 2  # non-empty, but no search in it
     assert "not a search's folder either: choose another --out" in capsys.readouterr().err
+
+
+def test_a_cli_run_resumes_from_python_with_the_same_statistics(tiny_pair, tmp_path, capsys, monkeypatch):
+    """The CLI records the tables' own statistics; a notebook passing those same statistics may resume the run."""
+    import proxylab.bench
+    import proxylab.stats
+    from proxylab.search import ProxySearch
+
+    tables = {t.name: (t, s) for t, s in tiny_pair}
+    monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
+    monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
+    out = tmp_path / "run"
+    assert main(["search", "--bench", "tiny-a", "--space", "emq", "--pop", "6", "--iters", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    table, stats = tables["tiny-a"]
+    again = ProxySearch(space="emq", pop=6, iters=3, out_dir=out, resume=True).fit([table], [stats])
+    assert again.best_formula_ == (out / "best_proxy.txt").read_text().strip()
