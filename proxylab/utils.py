@@ -41,6 +41,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_out_not_a_file(out: PathLike) -> None:
+    """--out, or the nearest existing folder above it, must not be a file: mkdir would fail with a traceback."""
+    from proxylab.errors import ProxylabError
+
+    out = Path(out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "" if existing == out else f" lies inside {existing}, which"
+        raise ProxylabError(f"--out {out}{where} is a file, not a folder: give a folder path for --out")
+
+
 def _create_temporary(folder: Path, name: str) -> Tuple[int, str]:
     """An exclusive new file beside the target. Created with mode 0o666 so the kernel applies the process's
     umask (and a folder's default ACL) as for a plain open(); tempfile.mkstemp would force 0600."""

@@ -24,7 +24,7 @@ from proxylab.bench.progress import RowWriter, missing_ids, read_progress, stder
 from proxylab.bench.table import DEFAULT_SPLITS, BenchTable, summarize
 from proxylab.bench.weights import WEIGHT_DTYPES, build_network, load_weights_into, round_weights_, save_weights
 from proxylab.errors import ProxylabError, require
-from proxylab.utils import atomic_write_json, atomic_write_text, sha256_file
+from proxylab.utils import atomic_write_json, atomic_write_text, check_out_not_a_file, sha256_file
 
 ENUMERATE_LIMIT = 2_000_000  # below this many configurations, sample codes without replacement directly
 AUTO_PROTOCOL = "auto"
@@ -198,14 +198,6 @@ def plan_configs(n_layers: int, bit_choices: Sequence[int], n: int, seed: int) -
     return uniform + sampled
 
 
-def _check_not_a_file(out: Path) -> None:
-    """--out, or the nearest existing folder above it, must not be a file: mkdir would fail with a traceback."""
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "" if existing == out else f" lies inside {existing}, which"
-        raise ProxylabError(f"--out {out}{where} is a file, not a folder: give a folder path for --out")
-
-
 # Written before training: a folder holding it (and no meta.json yet) is a build of these settings killed early.
 BUILD_MARK = ".build-settings.json"
 
@@ -220,7 +212,7 @@ def _read_mark(out: Path) -> Optional[Dict[str, Any]]:
 def _check_resume(out: Path, settings: BuildSettings) -> Optional[Dict[str, Any]]:
     """The meta.json of the build in ``out`` to resume, or None for a new build; a folder holding anything
     else (a search run, a checkpoint) is refused, so a build never mixes with or replaces other files."""
-    _check_not_a_file(out)
+    check_out_not_a_file(out)
     meta_path = out / fmt.META_FILE
     if not meta_path.exists():
         if (out / fmt.TABLE_FILE).exists():

@@ -8,6 +8,7 @@ from typing import Any, Dict, List
 
 from proxylab.commands._base import Command
 from proxylab.errors import ProxylabError
+from proxylab.utils import check_out_not_a_file
 
 
 def parse_net_args(items: List[str]) -> Dict[str, Any]:
@@ -49,19 +50,11 @@ class NetsList(Command):
         return rows
 
 
-def _check_not_a_file(out: Path) -> None:
-    """--out, or the nearest existing folder above it, must not be a file: mkdir would fail with a traceback."""
-    existing = next((p for p in (out, *out.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "" if existing == out else f" lies inside {existing}, which"
-        raise ProxylabError(f"--out {out}{where} is a file, not a folder: give a folder path for --out")
-
-
 def check_fresh_out(path: str) -> None:
     """An --out folder must be new or empty: writing into one that holds files would replace or mix with
     someone's work (a previous checkpoint, a bench table's weights.pt)."""
     out = Path(path)
-    _check_not_a_file(out)
+    check_out_not_a_file(out)
     if out.is_dir() and any(out.iterdir()):
         raise ProxylabError(f"output folder {out} already exists and is not empty: choose another --out, or delete it")
 

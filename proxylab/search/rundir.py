@@ -17,7 +17,7 @@ import yaml
 
 from proxylab.errors import ProxylabError
 from proxylab.search.state import SearchState
-from proxylab.utils import atomic_write_json, atomic_write_text, rows_to_csv
+from proxylab.utils import atomic_write_json, atomic_write_text, check_out_not_a_file, rows_to_csv
 
 CONFIG = "config.yaml"
 STATS_ORIGIN = "stats_origin.json"
@@ -76,8 +76,7 @@ class RunFolder:
         self.fingerprint = fingerprint
         self._pending_config: Optional[Dict[str, Any]] = None
         config_file = self.path / CONFIG
-        if self.path.exists() and not self.path.is_dir():
-            raise ProxylabError(f"--out {self.path} is a file, not a folder: give a new folder's path")
+        check_out_not_a_file(self.path)
         if resume:
             if not config_file.is_file():
                 empty = not self.path.exists() or not any(self.path.iterdir())
