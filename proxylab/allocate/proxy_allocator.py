@@ -15,18 +15,14 @@ from proxylab.errors import ProxylabError
 
 def resolve_proxy(proxy: Any):
     """A proxy object, a known proxy's name, or a formula string -> proxy object (parse errors name the token)."""
-    from proxylab.proxy import KNOWN_PROXIES, parse_proxy
+    from proxylab.proxy import parse_proxy
     from proxylab.proxy.core import BaseProxy
 
     if isinstance(proxy, BaseProxy):
         return proxy
     if not isinstance(proxy, str) or not proxy.strip():
         raise ProxylabError(f"proxy must be a known proxy's name or a formula string, got {proxy!r}")
-    text = proxy.strip()
-    if "(" not in text and text not in KNOWN_PROXIES:
-        raise ProxylabError(f"unknown proxy '{text}': give a formula such as 'mean_layers(mean(bW))' or one of "
-                            f"{', '.join(KNOWN_PROXIES.names())}")
-    return parse_proxy(text)
+    return parse_proxy(proxy.strip())  # an unknown name is refused there, with a did-you-mean
 
 
 def proxy_layer_table(proxy, problem: AllocationProblem) -> np.ndarray:

@@ -282,7 +282,7 @@ def _prepare_network(out: Path, settings: BuildSettings, meta: Optional[Dict[str
                    "in_channels": int(ds.in_channels), "image_size": int(ds.image_size)}
         seed_everything(settings.seed)
         model = build_network(network)
-        log(f"training {settings.net} on {settings.data} for {settings.epochs} epochs (seed {settings.seed})")
+        log(f"training {settings.net} on {settings.data} for {settings.epochs} epoch{'s' * (settings.epochs != 1)} (seed {settings.seed})")
         result = train_net(model, ds, epochs=settings.epochs, seed=settings.seed,
                            batch_size=settings.train_batch_size, progress=progress)
         training = {"epochs": settings.epochs, "seed": settings.seed, "batch_size": settings.train_batch_size,
@@ -305,6 +305,7 @@ def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: b
     settings.bits = tuple(int(b) for b in settings.bits)
     settings.validate()
     meta = _check_resume(out, settings)
+    resumed = meta is not None
     out.mkdir(parents=True, exist_ok=True)
     if meta is None:
         atomic_write_json(out / BUILD_MARK, settings.identity())
@@ -349,8 +350,10 @@ def build_table(out, settings: BuildSettings, scheduler: Any = None, progress: b
 
     done = read_progress(out / fmt.TABLE_FILE, plan, log=log)
     todo = missing_ids(done, len(plan))
-    if done:
+    if done and resumed:  # (a fresh --protocol auto build starts with its trial's rows: not a resume)
         log(f"{out}: resuming, {len(done)} of {len(plan)} configurations already measured")
+    elif done:
+        log(f"{out}: {len(done)} of {len(plan)} configurations measured by the protocol trial")
     sizes = qn.size_mb(np.array(plan, dtype=np.int64))
     ops = qn.bitops(np.array(plan, dtype=np.int64))
     start = time.perf_counter()

@@ -79,6 +79,7 @@ class Allocate(Command):
             from proxylab.quant import QuantizedNetwork
 
             protocol = args.protocol or (_table_protocol(args.bench) if args.bench else "rtn")
+            args.protocol = protocol  # resolved: allocation.json's arguments say how it was measured
             qn = QuantizedNetwork(model, dataset.calib.x, calib_size=256, bit_choices=tuple(problem.bit_choices),
                                   act_bits=args.act_bits, protocol=protocol)
         rows: List[Dict[str, Any]] = []
@@ -103,6 +104,8 @@ class Allocate(Command):
         if len(answers) == 1:
             res, row = answers[0]
             out: Dict[str, Any] = {"network": source, "budget": budget.describe()}
+            if qn is not None:
+                out["protocol"] = args.protocol
             if res.extra.get("proxy"):
                 out["proxy"] = res.extra["proxy"]
             out.update({k: v for k, v in row.items() if k != "bits"})

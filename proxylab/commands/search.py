@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict
 
-from proxylab.commands._base import Command
+from proxylab.commands._base import Command, announce_stats
 from proxylab.search.alloc_check import DEFAULT_FRACTIONS
 
 
@@ -68,6 +68,7 @@ class Search(Command):
             check_plot_path(args.plot)  # fail now, not after the search
         fractions = _fractions(args.alloc_fractions) if args.alloc_fractions is not None else DEFAULT_FRACTIONS
         tables = [load_table(n) for n in names]
+        announce_stats(", ".join(f"{t.name}'s network" for t in tables), hessian=True)
         search = ProxySearch(
             space=args.space, pop=args.pop, iters=args.iters, seed=args.seed, fitness=args.fitness,
             select_by=args.select_by, dps=not args.no_dps, csp=not args.no_csp, osp=not args.no_osp, tries=args.tries,

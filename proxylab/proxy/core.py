@@ -152,11 +152,11 @@ def parse_proxy(text) -> BaseProxy:
             return KNOWN_PROXIES.get(name)
         import difflib
 
-        close = difflib.get_close_matches(name, KNOWN_PROXIES.names(), n=2)
-        if close and name not in SIGNATURES:  # a known proxy's name, mistyped (a lone primitive parses below)
-            raise ProxylabError(f"unknown proxy '{name}'; did you mean {' or '.join(close)}? Known proxies: "
-                                f"{', '.join(KNOWN_PROXIES.names())}; or give a formula such as "
-                                "'mean_layers(mean(bW))'")
+        if name not in SIGNATURES:  # a bare word is a known proxy's name (a lone primitive gets its type error below)
+            close = difflib.get_close_matches(name, KNOWN_PROXIES.names(), n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ":"
+            raise ProxylabError(f"unknown proxy '{name}'{hint} known proxies are {', '.join(KNOWN_PROXIES.names())}; "
+                                "or give a formula such as 'mean_layers(mean(bW))'")
     return Proxy(parse_node(text))
 
 

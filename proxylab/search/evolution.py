@@ -14,6 +14,7 @@ the report (proxylab.search.report) touches the TEST split.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -337,6 +338,10 @@ class ProxySearch:
         known = known_proxies()  # a known proxy the hall of fame already holds (same formula) is not checked twice
         candidates += [Candidate(name, "known", fit) for name, fit in known_select.items()
                        if str(known[name]) not in searched]
+        if self.progress:  # minutes of ILPs and PTQ after the progress bar has finished: say what is running
+            print(f"allocation check: {len(candidates)} candidates x {len(self.alloc_fractions)} budgets on "
+                  f"{len(tables)} table(s), each allocation quantized and measured on the calib split...",
+                  file=sys.stderr, flush=True)
         rows = allocation_check(candidates, tables, stats, self.alloc_fractions, measures, seed=int(self.seed))
         self.allocation_check_ = rows
         chosen = chosen_row(rows)

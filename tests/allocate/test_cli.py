@@ -58,6 +58,7 @@ def test_allocate_prints_and_writes(user_net, capsys, tmp_path):
     bits = [r["bits"] for r in res["layers"]]
     assert saved["allocations"][0]["bits"] == bits and saved["budget"]["size_mb"] == 0.0009
     assert res["size_mb"] <= 0.0009 and res["method"] == "ilp" and "smul" in res["proxy"]
+    assert res["protocol"] == saved["arguments"]["protocol"] == "rtn"  # how the accuracy was measured
 
     from proxylab.quant import QuantizedNetwork
 
@@ -101,6 +102,7 @@ def test_allocate_all_allocators_table_output(user_net, capsys):
     (["--proxy", "mean_layers(mean(invert(sub(W, W))))", "--budget", "size_mb=1"], "cannot score this network"),
     (["--proxy", "mean_layers(mean(bX))", "--budget", "size_mb=1"], "bX"),
     (["--proxy", "mean_layers(bogus(", "--allocator", "uniform", "--budget", "size_mb=1"], "unknown primitive 'bogus'"),
+    (["--proxy", "hawkv2", "--budget", "size_mb=1"], "unknown proxy 'hawkv2'; did you mean hawqv2"),
 ])
 def test_bad_input_is_one_clear_line(user_net, capsys, extra, message):
     folder, _, _ = user_net

@@ -118,7 +118,9 @@ def test_auto_protocol_follows_its_rule_and_keeps_its_trial_rows(checkpoint, tmp
     from proxylab.bench.builder import reliability
     from proxylab.quant import PROTOCOLS
 
-    auto = build_table(tmp_path / "auto", _settings(checkpoint, n=3, protocol="auto"), progress=False)
+    said = []
+    auto = build_table(tmp_path / "auto", _settings(checkpoint, n=3, protocol="auto"), progress=False, log=said.append)
+    assert not [m for m in said if "resuming" in m]  # its trial's rows are not a resume of anything
     trial = auto.meta["protocol_trial"]
     assert [t["protocol"] for t in trial] == PROTOCOLS.names()
     by_name = {t["protocol"]: t for t in trial}
