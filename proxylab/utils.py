@@ -52,6 +52,22 @@ def check_out_not_a_file(out: PathLike) -> None:
         raise ProxylabError(f"--out {out}{where} is a file, not a folder: give a folder path for --out")
 
 
+def read_head(path: PathLike, n: int, what: str, folder_hint: str) -> bytes:
+    """The first ``n`` bytes of a user's file, to tell its kind before a loader's own (misleading) error does;
+    a missing file, a folder (``folder_hint`` says what to give instead) or an unreadable path is a clear error."""
+    from proxylab.errors import ProxylabError
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except FileNotFoundError:
+        raise ProxylabError(f"{what} '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ProxylabError(f"{what} '{path}' is a folder: {folder_hint}") from None
+    except OSError as e:  # a path through a file, no permission, ...
+        raise ProxylabError(f"cannot read {what} '{path}': {e.strerror or e}") from None
+
+
 def _create_temporary(folder: Path, name: str) -> Tuple[int, str]:
     """An exclusive new file beside the target. Created with mode 0o666 so the kernel applies the process's
     umask (and a folder's default ACL) as for a plain open(); tempfile.mkstemp would force 0600."""

@@ -22,7 +22,7 @@ import numpy as np
 from proxylab.bench import format as fmt
 from proxylab.bench.table import DEFAULT_SPLITS, BenchTable, expand_positions, summarize
 from proxylab.errors import ProxylabError
-from proxylab.utils import atomic_write_json, atomic_write_text, sha256_file
+from proxylab.utils import atomic_write_json, atomic_write_text, read_head, sha256_file
 
 MQBENCH_ACT_BITS = 8
 DUPLICATE_POLICIES = ("error", "mean", "first")
@@ -65,16 +65,8 @@ def resnet18_imagenet_layers() -> Tuple[List[str], List[int], List[int], List[Li
 
 
 def _load_trusted_pickle(path: Path, trust_pickle: bool) -> Any:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except FileNotFoundError:
-        raise ProxylabError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise ProxylabError(f"{path} is a folder: give the MQ-Bench-101 release file (a pickle)") from None
-    except OSError as e:  # a path through a file, no permission, ...
-        raise ProxylabError(f"cannot read {path}: {e.strerror or e}") from None
-    if head[:1] not in (b"\x80", b"(", b"}"):  # PROTO (protocols >= 2); a dict in protocol 0 / 1
+    head = read_head(path, 1, "MQ-Bench-101 release", "give the release file (a pickle) inside it")
+    if head not in (b"\x80", b"(", b"}"):  # PROTO (protocols >= 2); a dict in protocol 0 / 1
         raise ProxylabError(f"{path} is not a pickle: `bench import` reads the MQ-Bench-101 release file "
                             "({idx: {'bit_cfg': ..., 'acc': ...}}); a proxylab table folder opens as it is "
                             "(--bench FOLDER)")
@@ -84,8 +76,6 @@ def _load_trusted_pickle(path: Path, trust_pickle: bool) -> Any:
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
-    except FileNotFoundError:
-        raise ProxylabError(f"{path} does not exist") from None
     except Exception as e:
         raise ProxylabError(f"{path} is not a readable pickle ({type(e).__name__}: {e})") from None
 

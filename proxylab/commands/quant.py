@@ -98,7 +98,6 @@ class Quantize(Command):
         # Every measurement calibrates on the calib split (tables: bench/measure.py; allocate --measure), so the
         # same bits give the same accuracy whichever command measured them. Like the builder, a count above the
         # split's size means the whole split (a digits table's 256 are its 200 images).
-        split = "calib"
         calib_x = dataset.calib.x
         if ref is not None:
             ref["calib"] = min(ref["calib"], len(calib_x))
@@ -125,7 +124,7 @@ class Quantize(Command):
         if notes and ref is not None:
             notes.append("so quant_acc need not equal the table's acc")
         if calib > len(calib_x):
-            raise ProxylabError(f"--calib {calib}: the {dataset.name} {split} split holds {len(calib_x)} images; "
+            raise ProxylabError(f"--calib {calib}: the {dataset.name} calib split holds {len(calib_x)} images; "
                                 f"give --calib {len(calib_x)} or fewer")
         qn = QuantizedNetwork(model, calib_x, bit_choices=tuple(sorted(set(bits))), act_bits=act_bits,
                               protocol=protocol, per_channel=per_channel, calib_size=calib, device=args.device)
@@ -137,7 +136,7 @@ class Quantize(Command):
         out: Dict[str, Any] = {
             "network": source,
             "data": f"{dataset.name} test ({len(test)} images)",
-            "calibration": f"{dataset.name} {split} split, first {calib} images",
+            "calibration": f"{dataset.name} calib split, first {calib} images",
             "protocol": protocol.name,
             "act_bits": "float" if act_bits is None else act_bits,
             "layers_quantized": len(qn),

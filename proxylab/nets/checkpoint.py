@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from proxylab.errors import ProxylabError, first_line
-from proxylab.utils import PathLike, atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from proxylab.utils import PathLike, atomic_write_bytes, atomic_write_json, read_head, sha256_bytes, sha256_file
 
 WEIGHTS_NAME = "weights.pt"
 CONFIG_NAME = "config.json"
@@ -99,15 +99,7 @@ def build_net_from_config(config: Mapping[str, Any], base_dir: Optional[PathLike
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     """A state_dict from a weights file; also accepts {"state_dict": ...} / {"model": ...} wrappers."""
     save_hint = "save one with torch.save(model.state_dict(), path)"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except FileNotFoundError:
-        raise ProxylabError(f"weights file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise ProxylabError(f"weights '{path}' is a folder: give the weights file inside it") from None
-    except OSError as e:  # a path through a file, no permission, ...
-        raise ProxylabError(f"cannot read weights file '{path}': {e.strerror or e}") from None
+    head = read_head(path, 4, "weights file", "give the weights file inside it")
     if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
         raise ProxylabError(f"weights file '{path}' is not a PyTorch file (torch.save writes a zip archive); "
                             f"{save_hint}")

@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from proxylab.errors import ProxylabError, first_line
+from proxylab.errors import ProxylabError, network_errors
 from proxylab.nets.hooks import measuring
 
 QUANTIZABLE_TYPES = (nn.Conv2d, nn.Linear)
@@ -78,20 +78,13 @@ def _trace(model: nn.Module, example_input: torch.Tensor):
             handles.append(m.register_forward_hook(layer_hook(name)))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             handles.append(m.register_forward_pre_hook(bn_hook(name)))
-    with measuring(model, handles):
-        try:
-            model(example_input)
-        except ProxylabError:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            if isinstance(e, getattr(torch, "OutOfMemoryError", ())):
-                raise
-            # The first forward pass on a user's data: images the network cannot take (1-channel data for a
-            # 3-channel net, another size) fail here, as one clear error instead of torch's traceback.
-            raise ProxylabError(
-                f"{type(model).__name__} failed on the data's images of shape {list(example_input.shape[1:])} "
-                f"({first_line(e, type(e).__name__)}): give it data of the channels and size it was trained on "
-                f"(for a bench table, the data set `proxylab bench show NAME` names)") from e
+    # The first forward pass on a user's data: images the network cannot take (1-channel data for a 3-channel
+    # net, another size) fail here, as one clear error instead of torch's traceback.
+    explain = (lambda cause: f"{type(model).__name__} failed on the data's images of shape "
+               f"{list(example_input.shape[1:])} ({cause}): give it data of the channels and size it was trained on "
+               "(for a bench table, the data set `proxylab bench show NAME` names)")
+    with measuring(model, handles), network_errors(explain):
+        model(example_input)
     if not order:
         raise ProxylabError(
             "the network has no Conv2d or Linear layer that runs on a forward pass: nothing to quantize"

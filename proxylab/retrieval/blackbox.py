@@ -19,7 +19,6 @@ Adapters: ``TorchBlackBox`` (an in-process ``nn.Module`` mapping canonical image
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import urllib.error
@@ -30,7 +29,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from proxylab.errors import ProxylabError, first_line
+from proxylab.errors import ProxylabError, network_errors
 from proxylab.utils import npz_bytes, read_npz
 from proxylab.retrieval.canonical import check_images
 
@@ -212,27 +211,13 @@ class BlackBoxModel(ABC):
         return f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, calls={self.calls})"
 
 
-@contextlib.contextmanager
 def forward_errors(what: str):
-    """A network that fails on canonical images (wrong input channels or size, a layer that does not fit) raises
-    deep inside torch; say what it was given and what it must take instead (ModelForwardError, chained to the
-    original). proxylab's own errors and running out of memory pass through unchanged."""
-    import torch
-
-    oom = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-                if isinstance(t, type))
-    try:
-        yield
-    except ProxylabError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        if oom and isinstance(e, oom):
-            raise
-        raise ModelForwardError(f"{what} failed on canonical images [N, 3, 32, 32] with pixels in [0, 1] "
-                                f"({first_line(e, type(e).__name__)}): "
-                                "a model must take 3-channel 32x32 images and normalise them inside itself (a "
-                                "`proxylab train` checkpoint of a 1-channel or 28 px data set cannot: train it on "
-                                "e.g. --data 'digits@32px,3ch')") from e
+    """A network that fails on canonical images says what it was given and what it must take instead
+    (ModelForwardError: a model server answers 500 for it)."""
+    return network_errors(lambda cause: f"{what} failed on canonical images [N, 3, 32, 32] with pixels in [0, 1] "
+                                        f"({cause}): a model must take 3-channel 32x32 images and normalise them "
+                                        "inside itself (a `proxylab train` checkpoint of a 1-channel or 28 px data "
+                                        "set cannot: train it on e.g. --data 'digits@32px,3ch')", ModelForwardError)
 
 
 class ModelForwardError(ProxylabError):

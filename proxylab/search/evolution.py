@@ -163,7 +163,7 @@ class ProxySearch:
             stats = list(stats)
             source = "given"
         if folder:
-            folder.check_stats([{"source": source, "digest": stats_digest(st)} for st in stats], self.resume)
+            folder.start_session([{"source": source, "digest": stats_digest(st)} for st in stats])
         _check_hessian(space, tables, stats)
         # The search's own time (statistics are computed once and cached), over every session of a resumed run.
         earlier = folder.wall_time() if folder else 0.0

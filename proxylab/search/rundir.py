@@ -74,6 +74,7 @@ class RunFolder:
     def __init__(self, path, config: Dict[str, Any], fingerprint: str, resume: bool):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.resume = resume
         self._pending_config: Optional[Dict[str, Any]] = None
         config_file = self.path / CONFIG
         check_out_not_a_file(self.path)
@@ -91,23 +92,26 @@ class RunFolder:
                                     f"choose another --out")
             for stale in self.path.glob(".*.tmp"):  # a write the kill interrupted; the target file is whole
                 stale.unlink()
-            # same result part, so only how it runs (scheduler, ...) can differ: written once check_stats passes
+            # same result part, so only how it runs (scheduler, ...) can differ: written by start_session
             self._pending_config = None if old == {**config, "fingerprint": fingerprint} else \
                 {**config, "fingerprint": fingerprint}
         else:
-            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            if self.path.is_dir() and any(self.path.iterdir()):
                 raise ProxylabError(f"output folder {self.path} already exists and is not empty: add --resume to "
                                     f"continue the search in it, or choose another --out")
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(config_file, yaml.safe_dump({**config, "fingerprint": fingerprint}, sort_keys=False))
 
-    def check_stats(self, origin: List[Dict[str, str]], resume: bool) -> None:
-        """The run's fitness cache and population were scored with these statistics. ``origin`` per table:
+    def start_session(self, origin: List[Dict[str, str]]) -> None:
+        """Once the statistics are known, before any search work: refuse a resume with other statistics, then
+        record what this session runs with (a new run's statistics origin; a resume's execution keys).
+
+        The run's fitness cache and population were scored with its statistics. ``origin`` per table:
         {"source": "default" (the table's own, from the fingerprinted table) or "given", "digest": content}.
         A resume with other statistics would mix two sets of scores silently, so it is refused; the table's own
         statistics recomputed (a cleared cache, other threads: last-bit differences) are the same statistics."""
         path = self.path / STATS_ORIGIN
-        if resume and path.is_file():
+        if self.resume and path.is_file():
             try:
                 old = json.loads(path.read_text())
                 if not (isinstance(old, list) and len(old) == len(origin)

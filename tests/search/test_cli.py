@@ -21,14 +21,20 @@ def test_bad_space_file_fails_before_tables_are_read(capsys, tmp_path):
     assert "unknown key(s) colour" in err and str(space) in err
 
 
-def test_search_command_end_to_end(tiny_pair, tmp_path, capsys, monkeypatch):
-    """The CLI wiring on real tiny tables (the loaders are pointed at them instead of shipped folders)."""
+@pytest.fixture
+def tiny_tables(tiny_pair, monkeypatch):
+    """The CLI's table and statistics loaders pointed at the real tiny tables instead of shipped folders."""
     import proxylab.bench
     import proxylab.stats
 
     tables = {t.name: (t, s) for t, s in tiny_pair}
     monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
     monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
+    return tables
+
+
+def test_search_command_end_to_end(tiny_tables, tmp_path, capsys):
+    """The CLI wiring on real tiny tables."""
     out = tmp_path / "run"
     argv = ["search", "--bench", "tiny-a,tiny-b", "--pop", "6", "--iters", "4", "--seed", "1", "--fitness", "min",
             "--no-osp", "--out", str(out), "--no-progress", "--format", "json"]
@@ -45,15 +51,9 @@ def test_search_command_end_to_end(tiny_pair, tmp_path, capsys, monkeypatch):
     assert "select_by: 'min' in the folder, 'mean' now" in capsys.readouterr().err
 
 
-def test_search_plot_draws_the_history(tiny_pair, tmp_path, capsys, monkeypatch):
+def test_search_plot_draws_the_history(tiny_tables, tmp_path, capsys):
     import matplotlib.image as mpimg
 
-    import proxylab.bench
-    import proxylab.stats
-
-    tables = {t.name: (t, s) for t, s in tiny_pair}
-    monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
-    monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
     png = tmp_path / "history.png"
     argv = ["search", "--bench", "tiny-a", "--pop", "6", "--iters", "4", "--seed", "1", "--out", str(tmp_path / "r"),
             "--no-progress", "--plot", str(png)]
@@ -78,13 +78,7 @@ def test_options_that_would_be_silently_ignored_or_double_counted_are_refused(ca
     assert message in err and not (tmp_path / "o").exists()
 
 
-def test_out_that_is_a_file_or_a_foreign_folder_gets_advice_that_works(tiny_pair, tmp_path, capsys, monkeypatch):
-    import proxylab.bench
-    import proxylab.stats
-
-    tables = {t.name: (t, s) for t, s in tiny_pair}
-    monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
-    monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
+def test_out_that_is_a_file_or_a_foreign_folder_gets_advice_that_works(tiny_tables, tmp_path, capsys):
     argv = ["search", "--bench", "tiny-a", "--pop", "6", "--iters", "2", "--no-progress"]
     (tmp_path / "notes.txt").write_text("mine")
     for resume in ([], ["--resume"]):
@@ -95,18 +89,13 @@ def test_out_that_is_a_file_or_a_foreign_folder_gets_advice_that_works(tiny_pair
     assert "not a search's folder either: choose another --out" in capsys.readouterr().err
 
 
-def test_a_cli_run_resumes_from_python_with_the_same_statistics(tiny_pair, tmp_path, capsys, monkeypatch):
+def test_a_cli_run_resumes_from_python_with_the_same_statistics(tiny_tables, tmp_path):
     """The CLI records the tables' own statistics; a notebook passing those same statistics may resume the run."""
-    import proxylab.bench
-    import proxylab.stats
     from proxylab.search import ProxySearch
 
-    tables = {t.name: (t, s) for t, s in tiny_pair}
-    monkeypatch.setattr(proxylab.bench, "load_table", lambda name: tables[name][0])
-    monkeypatch.setattr(proxylab.stats, "stats_for_table", lambda t: tables[t.name][1])
     out = tmp_path / "run"
     assert main(["search", "--bench", "tiny-a", "--space", "emq", "--pop", "6", "--iters", "3", "--out", str(out),
                  "--no-progress"]) == 0
-    table, stats = tables["tiny-a"]
+    table, stats = tiny_tables["tiny-a"]
     again = ProxySearch(space="emq", pop=6, iters=3, out_dir=out, resume=True).fit([table], [stats])
     assert again.best_formula_ == (out / "best_proxy.txt").read_text().strip()
